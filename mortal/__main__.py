@@ -1,0 +1,5 @@
+"""`python -m mortal` is the CLI."""
+
+from mortal.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,140 @@
+"""The `mortal` command line: run recipes, list them, re-render reports, manage datasets."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import sys
+from pathlib import Path
+
+from mortal import config as configs
+
+
+def _cmd_recipes(args: argparse.Namespace) -> int:
+    from mortal.recipes import all_recipes
+
+    for r in all_recipes():
+        paper = "n/a" if r.paper_test_error_pct is None else f"{r.paper_test_error_pct} %"
+        print(f"{r.name}\n  paper:   {r.paper}\n  setting: {r.setting}\n"
+              f"  paper test error: {paper}")
+        if args.verbose:
+            print("  config keys:\n" + configs.describe_fields(r.config).replace("\n", "\n  "))
+        print()
+    return 0
+
+
+def _latest_run(recipe: str) -> Path | None:
+    runs = sorted(Path("runs").glob(f"{recipe}-*"))
+    return runs[-1] if runs else None
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import torch
+
+    from mortal.recipes import get
+    from mortal.runs import Run
+
+    recipe = get(args.recipe)
+    overrides = configs.load_toml(args.config) if args.config else {}
+    overrides.update(configs.parse_sets(args.set or []))
+    cfg = configs.build(recipe.config, overrides)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.out:
+        out = Path(args.out)
+    elif args.resume and _latest_run(recipe.name):
+        out = _latest_run(recipe.name)
+    else:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = Path("runs") / f"{recipe.name}-{stamp}"
+    run = Run(out, recipe.name, configs.to_dict(cfg), resume=args.resume,
+              dtype=getattr(cfg, "dtype", None), quiet=args.quiet)
+    if not args.quiet:
+        print(f"{recipe.name}: {recipe.setting}\nrun directory: {out}", file=sys.stderr)
+    results = run.finish(recipe.train(cfg, run))
+    paper = results["paper_test_error_pct"]
+    print(json.dumps(results, indent=2))
+    line = f"{recipe.name}: test error {results['test_error_pct']:.2f} %"
+    line += f" (paper: {paper} %)" if paper is not None else " (no paper number for this setting)"
+    line += f"; {results['train_seconds']:.0f} s training; report: {out / 'report.md'}"
+    print(line)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from mortal.runs.report import render
+
+    print(render(args.run_dir))
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from mortal import data
+
+    if args.data_cmd == "list":
+        for name in data.names():
+            print(data.describe(name))
+        return 0
+    if args.data_cmd == "check":
+        print(data.check(args.name, root=args.root))
+        return 0
+    if args.data_cmd == "fetch":
+        print(data.fetch(args.name, dest=args.dest))
+        return 0
+    raise AssertionError(args.data_cmd)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    p = argparse.ArgumentParser(prog="mortal", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="train a recipe and write a run directory")
+    r.add_argument("recipe")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    r.add_argument("--config", metavar="FILE.toml", help="config keys from a TOML file")
+    r.add_argument("--out", metavar="DIR", help="run directory (default runs/RECIPE-TIME)")
+    r.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    r.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(func=_cmd_run)
+
+    rc = sub.add_parser("recipes", help="list recipes with their paper numbers")
+    rc.add_argument("-v", "--verbose", action="store_true", help="also list config keys")
+    rc.set_defaults(func=_cmd_recipes)
+
+    rp = sub.add_parser("report", help="re-render RUN_DIR/report.md")
+    rp.add_argument("run_dir")
+    rp.set_defaults(func=_cmd_report)
+
+    d = sub.add_parser("data", help="list, check or fetch datasets")
+    dsub = d.add_subparsers(dest="data_cmd", required=True)
+    dsub.add_parser("list", help="datasets and where they were found")
+    dc = dsub.add_parser("check", help="validate a dataset (exit 0 when valid)")
+    dc.add_argument("name")
+    dc.add_argument("--root", help="the dataset's own folder")
+    df = dsub.add_parser("fetch", help="download or install a dataset into the cache")
+    df.add_argument("name")
+    df.add_argument("--dest", help="folder to put it in (default: the cache)")
+    d.set_defaults(func=_cmd_data)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the sub-command, turning known errors into one clear message."""
+    from mortal.data import DataError
+    from mortal.runs import NonFiniteError
+
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (configs.ConfigError, DataError, NonFiniteError, FileNotFoundError) as e:
+        kind = {configs.ConfigError: "config error", DataError: "data error",
+                NonFiniteError: "training stopped"}.get(type(e), "error")
+        print(f"mortal: {kind}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mortal: interrupted; resume with --resume (the last checkpoint is intact)",
+              file=sys.stderr)
+        return 130

@@ -1,0 +1,82 @@
+"""Small pieces every training loop shares: seeding, batching, dtype, input preparation."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch so that the same seed and config give the same metrics."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def device_of(name: str) -> torch.device:
+    """'auto' picks CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+    """bf16/fp16 autocast with fp32 master weights; a no-op for float32."""
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=DTYPES[dtype])
+
+
+def epoch_order(n: int, seed: int, epoch: int, device: torch.device | None = None) -> torch.Tensor:
+    """A permutation of range(n) that depends only on (seed, epoch), so resumed runs see the
+    same batches as uninterrupted ones."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    return perm if device is None else perm.to(device)
+
+
+def batches(n: int, batch_size: int, seed: int, epoch: int) -> Iterator[torch.Tensor]:
+    """Index tensors of one shuffled epoch; the last partial batch is dropped."""
+    perm = epoch_order(n, seed, epoch)
+    for i in range(0, n - batch_size + 1, batch_size):
+        yield perm[i : i + batch_size]
+
+
+def flat_float(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 images (N, C, H, W) -> float32 (N, C*H*W) in [0, 1] on `device`."""
+    return x.reshape(x.shape[0], -1).to(device=device, dtype=torch.float32).div_(255.0)
+
+
+def make_optimizer(
+    name: str, params, lr: float, weight_decay: float = 0.0, momentum: float = 0.9
+) -> torch.optim.Optimizer:
+    """'adam' or 'sgd' (with momentum), by name, so configs can choose."""
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r} (use adam or sgd)")
+
+
+def lr_factor(schedule: str, step: int, total: int) -> float:
+    """Multiplier of the base learning rate: 'constant', 'linear' decay to 0, or 'cosine'."""
+    frac = min(step / max(total, 1), 1.0)
+    if schedule == "constant":
+        return 1.0
+    if schedule == "linear":
+        return 1.0 - frac
+    if schedule == "cosine":
+        return 0.5 * (1.0 + float(np.cos(np.pi * frac)))
+    raise ValueError(f"unknown schedule {schedule!r} (use constant, linear or cosine)")
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """Set every param group's learning rate."""
+    for group in opt.param_groups:
+        group["lr"] = lr

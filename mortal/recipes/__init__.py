@@ -1,0 +1,54 @@
+"""Recipes: one small file per paper experiment, with the paper's settings and target number.
+
+Recipes are made by name from a registry (`get`), all with one shape: a config dataclass and a
+`train(cfg, run) -> results` function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mortal.config import ConfigError
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named experiment: what the paper did, what it got, and how to run it here."""
+
+    name: str
+    paper: str
+    setting: str
+    dataset: str
+    paper_test_error_pct: float | None
+    config: type
+    train: Callable[[Any, Any], dict[str, Any]]
+    notes: str = ""
+
+
+REGISTRY: dict[str, Recipe] = {}
+
+
+def register(recipe: Recipe) -> Recipe:
+    """Add a recipe to the registry (each recipe module calls this once at import)."""
+    REGISTRY[recipe.name] = recipe
+    return recipe
+
+
+def get(name: str) -> Recipe:
+    """The recipe called `name`, or a ConfigError listing the known ones."""
+    _load_all()
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown recipe {name!r}; known recipes: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
+
+
+def all_recipes() -> list[Recipe]:
+    """Every registered recipe, sorted by name."""
+    _load_all()
+    return [REGISTRY[k] for k in sorted(REGISTRY)]
+
+
+def _load_all() -> None:
+    from mortal.recipes import bp_mnist_mlp, ff_supervised_mnist  # noqa: F401

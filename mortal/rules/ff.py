@@ -1,0 +1,360 @@
+"""The Forward-Forward algorithm (Hinton 2022), in one file.
+
+Backprop runs a forward pass and then sends derivatives backwards through every layer. FF
+replaces that with two forward passes:
+
+* a *positive* pass on real data, and
+* a *negative* pass on data the network should reject (e.g. an image with a wrong label).
+
+Each layer has its own objective: its *goodness* (here the sum of squared activities) should be
+above a threshold for positive data and below it for negative data. The probability that an
+input is positive is the logistic of (goodness - threshold), and each layer minimises the usual
+logistic loss of that probability. Before a layer's activity vector is passed to the next layer
+it is length-normalised, so the next layer cannot just read the goodness off its length and has
+to use the *direction*, i.e. the relative activities. The input of each layer is detached: no
+gradient ever crosses a layer boundary, and each layer's optimiser steps on its own.
+
+This file holds the whole rule:
+  goodness functions   `sum_squares`, `neg_sum_squares` (+ any callable h -> (N,) tensor)
+  the layer loss       `ff_loss`, with optional peer normalisation `peer_loss`
+  normalisation        `normalise`
+  the network          `FFNet`: any stack of tensor -> tensor layers, one optimiser per layer
+  the training step    `FFNet.train_step`: pos and neg batches fused into one matmul per layer
+  classification       `FFNet.goodness_scores` (one pass per label) and `FFNet.features`
+                       (one pass with a neutral label, for a softmax on top)
+  the loop             `train`: epochs of train_step with checkpoints, metrics and evaluation
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from mortal.data.negatives import embed_label, embed_neutral, hard_wrong_labels, wrong_labels
+from mortal.loop import autocast, epoch_order, lr_factor, make_optimizer, set_lr
+from mortal.runs import Run, check_finite
+
+# --- goodness ------------------------------------------------------------------------------
+
+
+def sum_squares(h: torch.Tensor) -> torch.Tensor:
+    """Goodness that positive data should make high: the sum of squared activities."""
+    return h.float().pow(2).flatten(1).sum(1)
+
+
+def neg_sum_squares(h: torch.Tensor) -> torch.Tensor:
+    """Goodness that makes positive data *low* in activity: minus the sum of squares."""
+    return -sum_squares(h)
+
+
+# name -> (goodness function, sign of the threshold). The threshold is `threshold` per unit,
+# so a layer of n units compares sum-of-squares against n * threshold (the paper code's choice).
+GOODNESS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], float]] = {
+    "sumsq": (sum_squares, 1.0),
+    "neg_sumsq": (neg_sum_squares, -1.0),
+}
+
+
+def normalise(h: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Scale each example's activity vector to root-mean-square 1 (length sqrt(n)), so the
+    next layer sees only its direction: the goodness is hidden from it."""
+    flat = h.flatten(1)
+    rms = flat.float().pow(2).mean(1, keepdim=True).sqrt().add_(eps)
+    return (flat / rms).to(h.dtype).view_as(h)
+
+
+def ff_loss(g_pos: torch.Tensor, g_neg: torch.Tensor, threshold: float,
+            temperature: float = 1.0) -> torch.Tensor:
+    """Logistic loss of p(positive) = sigmoid((goodness - threshold) / temperature), averaged
+    over the positive (label 1) and negative (label 0) examples."""
+    logit_pos = (g_pos - threshold) / temperature
+    logit_neg = (g_neg - threshold) / temperature
+    return 0.5 * (F.softplus(-logit_pos).mean() + F.softplus(logit_neg).mean())
+
+
+def peer_loss(running_mean: torch.Tensor, batch_mean: torch.Tensor,
+              momentum: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Peer normalisation: keep each unit's running mean activity near the layer's average, so
+    no unit goes silent or dominates. Returns (loss, new running mean); the gradient flows
+    through this batch's share of the running mean."""
+    new_mean = momentum * running_mean.detach() + (1.0 - momentum) * batch_mean
+    return (new_mean - new_mean.mean()).pow(2).mean(), new_mean.detach()
+
+
+# --- the network -----------------------------------------------------------------------------
+
+
+@dataclass
+class FFRule:
+    """The knobs of the rule, independent of the architecture it trains."""
+
+    goodness: str = "sumsq"
+    threshold: float = 1.0  # per unit: a layer of n units uses n * threshold
+    temperature: float = 1.0
+    peer_weight: float = 0.0  # 0 disables peer normalisation
+    peer_momentum: float = 0.9
+    optimizer: str = "sgd"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    dtype: str = "bfloat16"
+
+
+class FFNet(nn.Module):
+    """A stack of layers trained by FF. It needs nothing from a layer but `forward(x) -> h`."""
+
+    def __init__(self, layers: Sequence[nn.Module], rule: FFRule) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.rule = rule
+        self.goodness, self.sign = GOODNESS[rule.goodness]
+        self.optimizers = [
+            make_optimizer(rule.optimizer, layer.parameters(), rule.lr, rule.weight_decay,
+                           rule.momentum)
+            for layer in self.layers
+        ]
+        # Running mean activity per unit, for peer normalisation; created lazily (shape of h).
+        self.peer_means: list[torch.Tensor | None] = [None] * len(self.layers)
+
+    def threshold(self, h: torch.Tensor) -> float:
+        """The layer's threshold: `threshold` per unit, signed like the goodness."""
+        return self.sign * self.rule.threshold * h[0].numel()
+
+    def set_lr(self, lr: float) -> None:
+        """Set the learning rate of every layer's optimiser."""
+        for opt in self.optimizers:
+            set_lr(opt, lr)
+
+    def train_step(self, x_pos: torch.Tensor, x_neg: torch.Tensor) -> list[dict[str, float]]:
+        """One FF update of every layer on a batch of positive and negative inputs.
+
+        Positive and negative examples go through each layer together (one matmul); each
+        layer's loss is backpropagated only into that layer, whose optimiser then steps."""
+        n = len(x_pos)
+        x = normalise(torch.cat([x_pos, x_neg]))
+        stats = []
+        for i, (layer, opt) in enumerate(zip(self.layers, self.optimizers, strict=True)):
+            x = x.detach()  # no gradient crosses a layer boundary
+            with autocast(x.device, self.rule.dtype):
+                h = layer(x)
+            g = self.goodness(h)
+            theta = self.threshold(h)
+            loss = ff_loss(g[:n], g[n:], theta, self.rule.temperature)
+            total = loss
+            if self.rule.peer_weight > 0:
+                batch_mean = h[:n].float().flatten(1).mean(0)
+                prev = self.peer_means[i]
+                if prev is None:
+                    prev = torch.full_like(batch_mean, batch_mean.mean().item())
+                peer, self.peer_means[i] = peer_loss(prev, batch_mean, self.rule.peer_momentum)
+                total = loss + self.rule.peer_weight * peer
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+            with torch.no_grad():
+                stats.append({
+                    "loss": loss.detach(),
+                    "acc": 0.5 * ((g[:n] > theta).float().mean() + (g[n:] <= theta).float().mean()),
+                })
+                x = normalise(h.detach())
+        return stats
+
+    @torch.no_grad()
+    def activities(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each layer's (unnormalised) activity for input x, in inference mode."""
+        out = []
+        x = normalise(x)
+        with autocast(x.device, self.rule.dtype):
+            for layer in self.layers:
+                h = layer(x)
+                out.append(h)
+                x = normalise(h)
+        return out
+
+    @torch.no_grad()
+    def goodness_scores(self, x: torch.Tensor, n_classes: int = 10, skip: int = 1,
+                        batch_size: int = 2000) -> torch.Tensor:
+        """(N, n_classes) goodness accumulated over layers[skip:], one pass per candidate
+        label: the paper's way to classify (the label with the highest goodness wins)."""
+        scores = torch.empty(len(x), n_classes, device=x.device)
+        for i in range(0, len(x), batch_size):
+            xb = x[i : i + batch_size]
+            for c in range(n_classes):
+                y = torch.full((len(xb),), c, dtype=torch.long, device=x.device)
+                acts = self.activities(embed_label(xb, y, n_classes))
+                scores[i : i + len(xb), c] = sum(self.goodness(h) for h in acts[skip:])
+        return scores
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor, n_classes: int = 10, skip: int = 1,
+                 batch_size: int = 2000) -> torch.Tensor:
+        """Normalised activities of layers[skip:] for one pass with a neutral label: the input
+        of the one-pass softmax classifier (no gradient reaches the FF layers)."""
+        chunks = []
+        for i in range(0, len(x), batch_size):
+            acts = self.activities(embed_neutral(x[i : i + batch_size], n_classes))
+            chunks.append(torch.cat([normalise(h).flatten(1) for h in acts[skip:]], dim=1))
+        return torch.cat(chunks)
+
+
+# --- classifiers on top ------------------------------------------------------------------
+
+
+def error_pct(pred: torch.Tensor, y: torch.Tensor) -> float:
+    """Percentage of predictions that differ from the labels."""
+    return 100.0 * (pred != y).float().mean().item()
+
+
+def train_softmax(feats: torch.Tensor, y: torch.Tensor, n_classes: int = 10, epochs: int = 20,
+                  lr: float = 1e-2, batch_size: int = 1000, weight_decay: float = 0.0,
+                  seed: int = 0) -> nn.Linear:
+    """A linear softmax classifier on frozen features (mode b), trained with Adam."""
+    head = nn.Linear(feats.shape[1], n_classes).to(feats.device)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = epochs * (len(feats) // batch_size)
+    step = 0
+    for epoch in range(epochs):
+        order = epoch_order(len(feats), seed + 7919, epoch, feats.device)
+        for i in range(0, len(feats) - batch_size + 1, batch_size):
+            set_lr(opt, lr * lr_factor("cosine", step, steps))
+            idx = order[i : i + batch_size]
+            loss = F.cross_entropy(head(feats[idx].float()), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+    return head
+
+
+@torch.no_grad()
+def softmax_predict(head: nn.Linear, feats: torch.Tensor, batch_size: int = 5000) -> torch.Tensor:
+    """Class predictions of a trained head."""
+    return torch.cat([head(feats[i : i + batch_size].float()).argmax(1)
+                      for i in range(0, len(feats), batch_size)])
+
+
+# --- the training loop ---------------------------------------------------------------------
+
+
+@dataclass
+class FFTraining:
+    """How long and on what: the loop's settings (the rule's are in FFRule)."""
+
+    epochs: int = 60
+    batch_size: int = 100
+    schedule: str = "cooldown"  # constant for the first half, then linear to zero
+    n_classes: int = 10
+    label_value: float = 1.0
+    hard_negatives_every: int = 0  # epochs between recomputing hard negatives; 0 = uniform
+    eval_every: int = 10  # epochs between test evaluations of mode (a) (and the final one)
+    softmax_epochs: int = 20
+    softmax_lr: float = 1e-2
+    seed: int = 0
+
+
+def cooldown_factor(epoch_frac: float) -> float:
+    """The FF code's schedule: full rate for the first half of training, then linear to 0."""
+    return min(1.0, 2.0 * (1.0 - epoch_frac))
+
+
+def train(net: FFNet, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
+          y_test: torch.Tensor, cfg: FFTraining, run: Run, progress: bool = True) -> dict:
+    """Supervised FF: positives carry the true label, negatives a wrong one. Logs per-layer
+    loss and pos/neg accuracy each epoch, test error every `eval_every` epochs, checkpoints
+    each epoch, and returns the final test errors of both classification modes."""
+    n_layers = len(net.layers)
+    steps_per_epoch = len(x_train) // cfg.batch_size
+    start, state = run.resume_state()
+    y_neg_table = None
+    if state is not None:
+        net.load_state_dict(state["net"])
+        for opt, s in zip(net.optimizers, state["optimizers"], strict=True):
+            opt.load_state_dict(s)
+        net.peer_means = [t if t.numel() else None for t in state["peer_means"]]
+        y_neg_table = state.get("y_neg_table")
+    for epoch in range(start, cfg.epochs):
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        if cfg.hard_negatives_every and epoch > 0 and epoch % cfg.hard_negatives_every == 0:
+            scores = net.goodness_scores(x_train, cfg.n_classes)
+            y_neg_table = hard_wrong_labels(scores, y_train, g)
+        order = epoch_order(len(x_train), cfg.seed, epoch, x_train.device)
+        sums = torch.zeros(n_layers, 2)
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not progress, leave=False)
+        with run.timed():
+            for i in bar:
+                step = epoch * steps_per_epoch + i
+                if cfg.schedule == "cooldown":
+                    net.set_lr(net.rule.lr * cooldown_factor(step / (cfg.epochs * steps_per_epoch)))
+                else:
+                    net.set_lr(net.rule.lr * lr_factor(cfg.schedule, step,
+                                                       cfg.epochs * steps_per_epoch))
+                idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+                x, y = x_train[idx], y_train[idx]
+                if y_neg_table is not None:
+                    y_neg = y_neg_table[idx]
+                else:
+                    y_neg = wrong_labels(y, cfg.n_classes, g)
+                x_pos = embed_label(x, y, cfg.n_classes, cfg.label_value)
+                x_neg = embed_label(x, y_neg, cfg.n_classes, cfg.label_value)
+                stats = net.train_step(x_pos, x_neg)
+                step_stats = torch.stack([torch.stack([s["loss"], s["acc"]]) for s in stats])
+                check_finite({f"layer {j + 1} loss": step_stats[j, 0] for j in range(n_layers)},
+                             step, "the FF network")
+                sums += step_stats
+                if i % 50 == 0:
+                    bar.set_postfix(loss=" ".join(f"{v:.3f}" for v in step_stats[:, 0].tolist()))
+        means = sums / steps_per_epoch
+        row: dict = {"epoch": epoch + 1, "seconds": round(run.train_seconds, 2)}
+        for j in range(n_layers):
+            row[f"loss_layer{j + 1}"] = float(means[j, 0])
+            row[f"ff_acc_layer{j + 1}"] = float(means[j, 1])
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            pred = net.goodness_scores(x_test, cfg.n_classes).argmax(1)
+            row["test_error_pct"] = error_pct(pred, y_test)
+        run.log(**row)
+        if progress:
+            msg = f"epoch {epoch + 1}/{cfg.epochs}: layer losses " + " ".join(
+                f"{float(means[j, 0]):.4f}" for j in range(n_layers))
+            if "test_error_pct" in row:
+                msg += f"  test error (goodness) {row['test_error_pct']:.2f} %"
+            tqdm.write(msg + f"  ({run.train_seconds:.0f} s)")
+        run.save(epoch + 1, {
+            "net": net.state_dict(),
+            "optimizers": [opt.state_dict() for opt in net.optimizers],
+            "peer_means": [t if t is not None else torch.empty(0) for t in net.peer_means],
+            **({"y_neg_table": y_neg_table} if y_neg_table is not None else {}),
+        })
+    return evaluate(net, x_train, y_train, x_test, y_test, cfg)
+
+
+def evaluate(net: FFNet, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
+             y_test: torch.Tensor, cfg: FFTraining) -> dict:
+    """Test error of both classification modes: (a) goodness for every label, (b) a softmax on
+    the neutral-label features, trained here on the training set with the FF layers frozen."""
+    import time
+
+    t0 = time.perf_counter()
+    pred_a = net.goodness_scores(x_test, cfg.n_classes).argmax(1)
+    t_a = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    head = train_softmax(net.features(x_train, cfg.n_classes), y_train, cfg.n_classes,
+                         cfg.softmax_epochs, cfg.softmax_lr, seed=cfg.seed)
+    t_head = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pred_b = softmax_predict(head, net.features(x_test, cfg.n_classes))
+    t_b = time.perf_counter() - t0
+    return {
+        "test_error_goodness_pct": error_pct(pred_a, y_test),
+        "test_error_softmax_pct": error_pct(pred_b, y_test),
+        "eval_seconds_goodness": round(t_a, 2),
+        "eval_seconds_softmax": round(t_b, 2),
+        "softmax_train_seconds": round(t_head, 2),
+    }

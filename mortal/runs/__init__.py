@@ -1,0 +1,228 @@
+"""Run directories: config, environment, metrics, atomic checkpoints, results and report.
+
+A run directory is everything needed to trust (or redo) a number:
+  config.json     the resolved config
+  env.json        package versions, CPU, threads, git revision, command line, date
+  metrics.jsonl   one JSON line per logged epoch or step
+  checkpoint.safetensors  model + optimizer + RNG state, written atomically
+  results.json    the final numbers beside the paper's
+  report.md       the report, with PNG learning curves
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mortal.config import ConfigError
+from mortal.runs import checkpoint as ckpt
+
+REQUIRED_RESULT_KEYS = (
+    "recipe",
+    "dataset",
+    "test_error_pct",
+    "paper_test_error_pct",
+    "epochs",
+    "train_seconds",
+    "examples_per_second",
+)
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced NaN or inf; the message names the step and the layer."""
+
+
+def cpu_name() -> str:
+    """The CPU model string, for run records and benchmark JSON."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_revision() -> str | None:
+    """The git commit of the mortal source tree, with '+dirty' if it has uncommitted changes."""
+    src = Path(__file__).resolve().parents[2]
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        return rev.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(dtype: str | None = None) -> dict[str, Any]:
+    """Versions, machine and thread count: what a reader needs to judge or redo a timing."""
+    import numpy
+
+    import mortal
+
+    return {
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "mortal": mortal.__version__,
+        "git_revision": git_revision(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+        "dtype": dtype,
+        "argv": sys.argv,
+    }
+
+
+def check_finite(values: dict[str, torch.Tensor | float], step: int, where: str = "") -> None:
+    """Raise NonFiniteError naming the step and each non-finite entry (e.g. a layer's loss)."""
+    bad = []
+    for name, v in values.items():
+        x = float(v) if not isinstance(v, torch.Tensor) else float(v.detach().float().sum())
+        if not math.isfinite(x):
+            bad.append(f"{name}={x}")
+    if bad:
+        raise NonFiniteError(
+            f"non-finite values at step {step}{' in ' + where if where else ''}: {', '.join(bad)}. "
+            "The run stopped; its last checkpoint is intact. Lower the learning rate, "
+            "use dtype=float32, or resume from the checkpoint with different settings."
+        )
+
+
+class Run:
+    """One run directory. Training code calls `log`, `save`, `resume_state` and `finish`."""
+
+    CHECKPOINT = "checkpoint.safetensors"
+
+    def __init__(
+        self,
+        out: str | Path,
+        recipe: str,
+        config: dict[str, Any],
+        *,
+        resume: bool = False,
+        dtype: str | None = None,
+        quiet: bool = False,
+    ) -> None:
+        self.dir = Path(out)
+        self.recipe = recipe
+        self.config = config
+        self.resume = resume
+        self.quiet = quiet
+        self.train_seconds = 0.0
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.dir / "metrics.jsonl"
+        cfg_path = self.dir / "config.json"
+        if resume and cfg_path.exists():
+            old = json.loads(cfg_path.read_text())
+            if old.get("recipe") != recipe or old.get("config") != config:
+                raise ConfigError(
+                    f"cannot resume {self.dir}: it was started with a different recipe or config "
+                    f"({old.get('recipe')}). Use the same --set/--config, or a new --out."
+                )
+        elif not resume and self.metrics_path.exists():
+            # A fresh run in an old directory starts clean, so stale metrics never mix in.
+            for name in ("metrics.jsonl", "results.json", self.CHECKPOINT):
+                (self.dir / name).unlink(missing_ok=True)
+        _write_json(cfg_path, {"recipe": recipe, "config": config})
+        _write_json(self.dir / "env.json", environment(dtype))
+
+    # -- metrics ---------------------------------------------------------------------------
+    def log(self, **metrics: Any) -> None:
+        """Append one line to metrics.jsonl (floats are rounded for readability)."""
+        row = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """All logged rows."""
+        return read_metrics(self.dir)
+
+    @contextlib.contextmanager
+    def timed(self) -> Iterator[None]:
+        """Add the wall time of the block to `train_seconds` (kept across resumes)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.train_seconds += time.perf_counter() - t0
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def save(self, epoch: int, state: dict[str, Any]) -> None:
+        """Atomically checkpoint `state` after `epoch` (with RNG, clock and metrics position)."""
+        n_lines = len(self.metrics())
+        ckpt.save(
+            self.dir / self.CHECKPOINT,
+            {
+                "epoch": epoch,
+                "state": state,
+                "rng": ckpt.rng_state(),
+                "train_seconds": self.train_seconds,
+                "metrics_lines": n_lines,
+            },
+        )
+
+    def resume_state(self) -> tuple[int, dict[str, Any] | None]:
+        """(epochs done, saved state) when resuming from a checkpoint, else (0, None)."""
+        path = self.dir / self.CHECKPOINT
+        if not self.resume or not path.exists():
+            return 0, None
+        saved = ckpt.load(path)
+        ckpt.set_rng_state(saved["rng"])
+        self.train_seconds = float(saved["train_seconds"])
+        rows = self.metrics()[: int(saved["metrics_lines"])]
+        with open(self.metrics_path, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        if not self.quiet:
+            print(f"resuming {self.dir} after epoch {saved['epoch']}", file=sys.stderr)
+        return int(saved["epoch"]), saved["state"]
+
+    # -- the end -----------------------------------------------------------------------------
+    def finish(self, results: dict[str, Any]) -> dict[str, Any]:
+        """Write results.json and report.md; results must hold the standard keys."""
+        missing = [k for k in REQUIRED_RESULT_KEYS if k not in results]
+        if missing:
+            raise KeyError(f"results lack {missing}")
+        _write_json(self.dir / "results.json", results)
+        from mortal.runs.report import render
+
+        render(self.dir)
+        return results
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The rows of a run's metrics.jsonl (empty if none)."""
+    p = Path(run_dir) / "metrics.jsonl"
+    if not p.exists():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)

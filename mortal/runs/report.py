@@ -1,0 +1,106 @@
+"""Render a run directory's report.md with matplotlib learning curves (also `mortal report DIR`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mortal.runs import read_metrics
+
+# Which metrics go in which figure: (file stem, title, keys containing any of these words).
+_GROUPS = (
+    ("curve_error", "error (%)", ("error",)),
+    ("curve_loss", "loss", ("loss",)),
+    ("curve_goodness", "goodness", ("goodness",)),
+)
+
+
+def _plot(rows: list[dict[str, Any]], out: Path) -> list[tuple[str, str]]:
+    """Draw one PNG per metric group against epoch; return (title, filename) pairs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epoch_rows = [r for r in rows if "epoch" in r]
+    if not epoch_rows:
+        return []
+    keys = sorted({k for r in epoch_rows for k, v in r.items() if isinstance(v, (int, float))})
+    figures = []
+    for stem, title, words in _GROUPS:
+        chosen = [k for k in keys if k != "epoch" and any(w in k for w in words)]
+        if not chosen:
+            continue
+        fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+        for k in chosen:
+            pts = [(r["epoch"], r[k]) for r in epoch_rows if isinstance(r.get(k), (int, float))]
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, marker="o" if len(xs) < 20 else None, label=k)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(title)
+        if "error" in title and all(r.get(k, 1) > 0 for r in epoch_rows for k in chosen):
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / f"{stem}.png")
+        plt.close(fig)
+        figures.append((title, f"{stem}.png"))
+    return figures
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (dict, list)):
+        return "`" + json.dumps(v) + "`"
+    return str(v)
+
+
+def render(run_dir: str | Path) -> Path:
+    """(Re)write run_dir/report.md and its PNGs from the files in the run directory."""
+    d = Path(run_dir)
+    if not (d / "config.json").exists():
+        raise FileNotFoundError(f"{d} is not a run directory (no config.json)")
+    cfg = json.loads((d / "config.json").read_text())
+    env = json.loads((d / "env.json").read_text()) if (d / "env.json").exists() else {}
+    results_path = d / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    rows = read_metrics(d)
+    figures = _plot(rows, d)
+
+    lines = [f"# {cfg.get('recipe', '?')}", ""]
+    if results:
+        ours, paper = results.get("test_error_pct"), results.get("paper_test_error_pct")
+        lines += [
+            "| | test error (%) |",
+            "|---|---|",
+            f"| this run | {_fmt(ours)} |",
+            f"| paper | {_fmt(paper) if paper is not None else 'n/a'} |",
+            "",
+            f"Dataset: {results.get('dataset')}. Epochs: {results.get('epochs')}. "
+            f"Training time: {_fmt(results.get('train_seconds'))} s "
+            f"({_fmt(results.get('examples_per_second'))} examples/s).",
+            "",
+            "## All results",
+            "",
+            "| key | value |",
+            "|---|---|",
+        ]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in results.items()]
+        lines.append("")
+    else:
+        lines += ["(no results.json yet: the run has not finished)", ""]
+    if figures:
+        lines += ["## Learning curves", ""]
+        lines += [f"![{title}]({name})" for title, name in figures]
+        lines.append("")
+    lines += ["## Config", "", "| key | value |", "|---|---|"]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in cfg.get("config", {}).items()]
+    lines += ["", "## Environment", "", "| key | value |", "|---|---|"]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in env.items()]
+    out = d / "report.md"
+    out.write_text("\n".join(lines) + "\n")
+    return out

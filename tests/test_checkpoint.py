@@ -1,0 +1,80 @@
+"""Checkpoints round-trip model, optimizer and RNG state, and are written atomically."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mortal.runs import NonFiniteError, Run, check_finite
+from mortal.runs import checkpoint as ck
+
+
+def _model_and_opt():
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    opt = torch.optim.Adam(m.parameters(), lr=0.01)
+    m(torch.randn(5, 4)).sum().backward()
+    opt.step()
+    return m, opt
+
+
+def test_roundtrip(tmp_path):
+    m, opt = _model_and_opt()
+    state = {"model": m.state_dict(), "opt": opt.state_dict(), "n": 3, "xs": [1.5, None, "a"]}
+    ck.save(tmp_path / "c.safetensors", state)
+    back = ck.load(tmp_path / "c.safetensors")
+    assert back["n"] == 3 and back["xs"] == [1.5, None, "a"]
+    m2, opt2 = _model_and_opt()
+    m2.load_state_dict(back["model"])
+    opt2.load_state_dict(back["opt"])
+    for a, b in zip(m.parameters(), m2.parameters(), strict=True):
+        assert torch.equal(a, b)
+    s1, s2 = opt.state_dict()["state"], opt2.state_dict()["state"]
+    assert s1.keys() == s2.keys()
+    for k in s1:
+        assert torch.equal(s1[k]["exp_avg"], s2[k]["exp_avg"])
+    assert opt2.state_dict()["param_groups"][0]["lr"] == 0.01
+
+
+def test_atomic_write_keeps_old_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "c.safetensors"
+    ck.save(path, {"w": torch.ones(3)})
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ck, "save_file", boom)
+    with pytest.raises(OSError):
+        ck.save(path, {"w": torch.zeros(3)})
+    assert torch.equal(ck.load(path)["w"], torch.ones(3))
+
+
+def test_run_resume_restores_rng_clock_and_metrics(tmp_path):
+    run = Run(tmp_path / "r", "demo", {"a": 1}, quiet=True)
+    run.log(epoch=1, loss=1.0)
+    run.train_seconds = 12.5
+    torch.manual_seed(5)
+    run.save(1, {"w": torch.arange(3.0)})
+    expected = torch.rand(3)
+    run.log(epoch=2, loss=0.5)  # logged after the checkpoint: lost with the "crash"
+
+    again = Run(tmp_path / "r", "demo", {"a": 1}, resume=True, quiet=True)
+    epoch, state = again.resume_state()
+    assert epoch == 1 and torch.equal(state["w"], torch.arange(3.0))
+    assert again.train_seconds == 12.5
+    assert [r["epoch"] for r in again.metrics()] == [1]
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_resume_with_other_config_refused(tmp_path):
+    Run(tmp_path / "r", "demo", {"a": 1}, quiet=True)
+    from mortal.config import ConfigError
+
+    with pytest.raises(ConfigError, match="different"):
+        Run(tmp_path / "r", "demo", {"a": 2}, resume=True, quiet=True)
+
+
+def test_check_finite_names_step_and_layer():
+    check_finite({"layer 1": torch.tensor(1.0)}, 3)
+    with pytest.raises(NonFiniteError, match=r"step 7.*layer 2=nan"):
+        check_finite({"layer 1": torch.tensor(1.0), "layer 2": torch.tensor(float("nan"))}, 7)

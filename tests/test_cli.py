@@ -1,0 +1,140 @@
+"""The command line as a user meets it: exit codes, messages without tracebacks, run records."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import SHARED_DATA, needs_mnist
+
+SMALL_BP = ["--set", "widths=64,64", "--set", "train_limit=3000", "--set", "batch_size=100"]
+
+
+def mortal(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mortal", *args], capture_output=True,
+                          text=True, timeout=timeout, **kw)
+
+
+def test_recipes_lists_paper_numbers():
+    r = mortal("recipes")
+    assert r.returncode == 0, r.stderr
+    assert "bp-mnist-mlp" in r.stdout and "1.4 %" in r.stdout
+    assert "ff-supervised-mnist" in r.stdout and "1.36 %" in r.stdout
+
+
+def test_unknown_key_rejected_before_training(tmp_path):
+    r = mortal("run", "bp-mnist-mlp", "--set", "epoch=1", "--out", str(tmp_path / "r"))
+    assert r.returncode == 2
+    assert "unknown config key epoch" in r.stderr and "epochs (int) = 20" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_value_and_unknown_recipe(tmp_path):
+    r = mortal("run", "bp-mnist-mlp", "--set", "lr=-1", "--out", str(tmp_path / "r"))
+    assert r.returncode == 2 and "lr must be > 0" in r.stderr and "Traceback" not in r.stderr
+    r = mortal("run", "no-such-recipe")
+    assert r.returncode == 2 and "known recipes" in r.stderr
+
+
+@needs_mnist
+def test_run_writes_records_and_report(tmp_path):
+    out = tmp_path / "run"
+    r = mortal("run", "bp-mnist-mlp", "--set", "epochs=2", *SMALL_BP, "--out", str(out),
+               "--quiet")
+    assert r.returncode == 0, r.stderr
+    res = json.loads((out / "results.json").read_text())
+    for key in ("recipe", "dataset", "test_error_pct", "paper_test_error_pct", "epochs",
+                "train_seconds", "examples_per_second"):
+        assert key in res
+    assert res["epochs"] == 2 and res["paper_test_error_pct"] is None  # subset: not comparable
+    assert res["test_error_pct"] < 50  # a records test; learning is tested below
+    env = json.loads((out / "env.json").read_text())
+    assert {"torch", "cpu", "torch_threads", "git_revision", "dtype"} <= env.keys()
+    assert json.loads((out / "config.json").read_text())["config"]["widths"] == [64, 64]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    report = (out / "report.md").read_text()
+    pngs = [p for p in out.glob("*.png")]
+    assert pngs and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
+    assert pngs[0].name in report and "paper" in report
+    assert "test error" in r.stdout
+    # `mortal report` re-renders from the files alone.
+    (out / "report.md").unlink()
+    r = mortal("report", str(out))
+    assert r.returncode == 0 and (out / "report.md").exists()
+
+
+@needs_mnist
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+    """SIGKILL a run after its first checkpoint; --resume finishes it with the same metrics
+    as a run that was never interrupted."""
+    args = ["run", "bp-mnist-mlp", "--set", "epochs=4", "--set", "widths=256,256",
+            "--set", "train_limit=12000", "--quiet", "--threads", "1"]
+    whole = tmp_path / "whole"
+    assert mortal(*args, "--out", str(whole)).returncode == 0
+
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen([sys.executable, "-m", "mortal", *args, "--out", str(cut)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (cut / "checkpoint.safetensors").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (cut / "results.json").exists(), "the run finished before it could be killed"
+    r = mortal(*args, "--out", str(cut), "--resume")
+    assert r.returncode == 0, r.stderr
+
+    def strip(rows):
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+    a = [json.loads(x) for x in (whole / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (cut / "metrics.jsonl").read_text().splitlines()]
+    assert strip(a) == strip(b)
+    ra, rb = (json.loads((d / "results.json").read_text()) for d in (whole, cut))
+    for key in ("test_error_pct", "train_error_pct"):
+        assert ra[key] == rb[key]
+
+
+@needs_mnist
+def test_backprop_baseline_learns_mnist_subset(tmp_path):
+    """2x256 MLP, 12,000 MNIST images, 3 epochs (~10 s): below 10 % test error (measured 7.3 %)."""
+    out = tmp_path / "bp"
+    r = mortal("run", "bp-mnist-mlp", "--set", "epochs=3", "--set", "widths=256,256",
+               "--set", "train_limit=12000", "--out", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "results.json").read_text())["test_error_pct"] < 10.0
+
+
+def _mnist_copy(tmp_path: Path) -> Path:
+    d = tmp_path / "mnist"
+    shutil.copytree(SHARED_DATA / "mnist", d)
+    for p in d.iterdir():
+        p.chmod(0o644)
+    return d
+
+
+@needs_mnist
+def test_data_check_cli(tmp_path):
+    r = mortal("data", "check", "mnist", "--root", str(SHARED_DATA / "mnist"))
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr
+    d = _mnist_copy(tmp_path)
+    raw = bytearray(gzip.decompress((d / "t10k-images-idx3-ubyte.gz").read_bytes()))
+    raw[5000] ^= 0xFF
+    (d / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(bytes(raw)))
+    r = mortal("data", "check", "mnist", "--root", str(d))
+    assert r.returncode != 0 and "t10k-images" in r.stderr and "Traceback" not in r.stderr
+    (d / "train-labels-idx1-ubyte.gz").unlink()
+    r = mortal("data", "check", "mnist", "--root", str(d))
+    assert r.returncode != 0 and "train-labels" in r.stderr and "Traceback" not in r.stderr
+    r = mortal("data", "list")
+    assert r.returncode == 0 and "mnist" in r.stdout and "cifar10" in r.stdout

@@ -1,0 +1,178 @@
+"""Forward-Forward maths on hand-computed cases, layer locality, negatives, dtypes, learning."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mortal.arch.dense import dense_stack
+from mortal.data.negatives import (
+    WrongLabel,
+    embed_label,
+    embed_neutral,
+    hard_wrong_labels,
+    wrong_labels,
+)
+from mortal.rules import ff
+from mortal.runs import NonFiniteError, Run
+
+from .conftest import needs_mnist
+
+
+def test_goodness_hand_computed():
+    h = torch.tensor([[1.0, 2.0], [3.0, 0.0]])
+    assert ff.sum_squares(h).tolist() == [5.0, 9.0]
+    assert ff.neg_sum_squares(h).tolist() == [-5.0, -9.0]
+    # Works on any activity shape: goodness sums over everything but the batch dimension.
+    assert ff.sum_squares(torch.ones(2, 3, 4, 5)).tolist() == [60.0, 60.0]
+
+
+def test_loss_hand_computed():
+    # p(pos) = sigmoid(g - theta): g_pos = 3 and g_neg = 1 around theta = 2 are both off by one.
+    loss = ff.ff_loss(torch.tensor([3.0]), torch.tensor([1.0]), threshold=2.0)
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-1)), rel=1e-6)
+    # Temperature scales the logits: (3 - 2) / 0.5 = 2.
+    loss_t = ff.ff_loss(torch.tensor([3.0]), torch.tensor([1.0]), threshold=2.0, temperature=0.5)
+    assert loss_t.item() == pytest.approx(math.log(1 + math.exp(-2)), rel=1e-6)
+    # Wrong side of the threshold costs more.
+    bad = ff.ff_loss(torch.tensor([1.0]), torch.tensor([3.0]), threshold=2.0)
+    assert bad.item() == pytest.approx(math.log(1 + math.e), rel=1e-6)
+
+
+def test_threshold_sign_follows_goodness():
+    h = torch.ones(2, 5)
+    pos_high = ff.FFNet(dense_stack(3, (5, 5)), ff.FFRule(goodness="sumsq", threshold=2.0))
+    pos_low = ff.FFNet(dense_stack(3, (5, 5)), ff.FFRule(goodness="neg_sumsq", threshold=2.0))
+    assert pos_high.threshold(h) == 10.0
+    assert pos_low.threshold(h) == -10.0
+
+
+def test_normalise_hand_computed():
+    x = torch.tensor([[3.0, 4.0], [0.0, 0.0]])
+    y = ff.normalise(x)
+    rms = math.sqrt((9 + 16) / 2)
+    assert y[0].tolist() == pytest.approx([3 / rms, 4 / rms], rel=1e-6)
+    assert y[1].tolist() == [0.0, 0.0]  # eps keeps silent vectors finite
+    assert ff.sum_squares(y[:1]).item() == pytest.approx(2.0)  # length sqrt(n)
+
+
+def test_peer_loss_hand_computed():
+    running = torch.tensor([1.0, 3.0])
+    batch = torch.tensor([3.0, 1.0], requires_grad=True)
+    loss, new = ff.peer_loss(running, batch, momentum=0.5)
+    assert new.tolist() == [2.0, 2.0] and loss.item() == 0.0
+    loss, new = ff.peer_loss(torch.tensor([0.0, 0.0]), batch, momentum=0.5)
+    # new mean = [1.5, 0.5], layer average 1.0, deviations +-0.5: mean square 0.25
+    assert new.tolist() == [1.5, 0.5] and loss.item() == pytest.approx(0.25)
+    loss.backward()
+    assert batch.grad is not None and batch.grad[0] > 0 > batch.grad[1]
+
+
+def test_label_embedding():
+    x = torch.rand(3, 20)
+    y = torch.tensor([0, 4, 9])
+    e = embed_label(x, y)
+    assert torch.equal(e[:, 10:], x[:, 10:])
+    assert torch.equal(e[:, :10], torch.eye(10)[y])
+    n = embed_neutral(x)
+    assert torch.allclose(n[:, :10], torch.full((3, 10), 0.1))
+    assert torch.equal(n[:, 10:], x[:, 10:])
+
+
+def test_wrong_labels_never_true_and_uniform():
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(10).repeat(9000)
+    neg = wrong_labels(y, 10, g)
+    assert not (neg == y).any()
+    counts = torch.zeros(10, 10)
+    counts.index_put_((y, neg), torch.ones(len(y)), accumulate=True)
+    off = counts[~torch.eye(10, dtype=torch.bool)]
+    # 9000 draws per true label over 9 wrong ones: 1000 each; 5 sigma is about +-150.
+    assert off.min() > 850 and off.max() < 1150
+
+
+def test_hard_wrong_labels_follow_scores():
+    g = torch.Generator().manual_seed(0)
+    y = torch.zeros(4000, dtype=torch.long)
+    scores = torch.full((4000, 10), -10.0)
+    scores[:, 0] = 50.0  # the true label is the favourite, and must still never be drawn
+    scores[:, 3] = 1.0
+    scores[:, 7] = 1.0
+    neg = hard_wrong_labels(scores, y, g)
+    assert not (neg == 0).any()
+    frac = ((neg == 3) | (neg == 7)).float().mean().item()
+    assert frac > 0.99
+    assert 0.45 < (neg == 3).float().mean().item() < 0.55
+
+
+def test_wrong_label_pair():
+    pos, neg = WrongLabel()(torch.rand(5, 30), torch.tensor([1, 2, 3, 4, 5]),
+                            torch.Generator().manual_seed(1))
+    assert torch.equal(pos[:, :10].argmax(1), torch.tensor([1, 2, 3, 4, 5]))
+    assert not torch.equal(neg[:, :10].argmax(1), pos[:, :10].argmax(1))
+
+
+def _net(widths, dtype="float32", peer=0.03, seed=0):
+    torch.manual_seed(seed)
+    return ff.FFNet(dense_stack(20, widths, "relu_st", "fan_out"),
+                    ff.FFRule(lr=0.05, dtype=dtype, peer_weight=peer))
+
+
+@pytest.mark.parametrize("peer", [0.0, 0.03])
+def test_no_gradient_crosses_layers(peer):
+    """Layer 1 (and 2) learn the same whether or not layers above them exist."""
+    torch.manual_seed(1)
+    xs = [(torch.rand(16, 20), torch.rand(16, 20)) for _ in range(5)]
+    short, tall = _net((12, 8), peer=peer), _net((12, 8, 6), peer=peer)
+    for pos, neg in xs:
+        short.train_step(pos, neg)
+        tall.train_step(pos, neg)
+    for a, b in zip(short.layers.parameters(), tall.layers[:2].parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(_net((12, 8, 6)).layers[0].linear.weight, tall.layers[0].linear.weight)
+
+
+def test_bf16_matches_fp32_on_small_net():
+    torch.manual_seed(2)
+    x = torch.rand(64, 20)
+    a, b = _net((32, 32), "float32"), _net((32, 32), "bfloat16")
+    ga = [ff.sum_squares(h) for h in a.activities(x)]
+    gb = [ff.sum_squares(h) for h in b.activities(x)]
+    for u, v in zip(ga, gb, strict=True):  # goodness within 3 % (bf16 has an 8-bit mantissa)
+        assert torch.allclose(u, v.float(), rtol=0.03, atol=0.05)
+    la = [s["loss"].item() for s in a.train_step(x[:32], x[32:])]
+    lb = [s["loss"].item() for s in b.train_step(x[:32], x[32:])]
+    assert la == pytest.approx(lb, rel=0.03, abs=1e-3)
+
+
+def test_nan_stops_with_layer_and_step(tmp_path):
+    net = _net((12, 8), peer=0.0)
+    with torch.no_grad():
+        net.layers[1].linear.weight.fill_(float("nan"))
+    x, y = torch.rand(64, 20), torch.randint(0, 10, (64,))
+    cfg = ff.FFTraining(epochs=1, batch_size=16)
+    run = Run(tmp_path / "r", "t", {}, quiet=True)
+    with pytest.raises(NonFiniteError, match=r"step 0 in the FF network: layer 2 loss=nan"):
+        ff.train(net, x, y, x, y, cfg, run, progress=False)
+
+
+@needs_mnist
+def test_one_epoch_learns_mnist(tmp_path):
+    """One FF epoch of a 2x500 net on the full MNIST training set: below 10 % test error with
+    either classification mode (measured: about 5-7 %)."""
+    from mortal.data import load
+    from mortal.loop import flat_float
+
+    torch.manual_seed(0)
+    ds = load("mnist")
+    x, y = flat_float(ds.x_train, torch.device("cpu")), ds.y_train
+    xt, yt = flat_float(ds.x_test, torch.device("cpu")), ds.y_test
+    net = ff.FFNet(dense_stack(784, (500, 500), "relu_st", "fan_out"),
+                   ff.FFRule(lr=5e-3, weight_decay=3e-4, peer_weight=0.03))
+    cfg = ff.FFTraining(epochs=1, batch_size=100, softmax_epochs=5)
+    out = ff.train(net, x, y, xt, yt, cfg, Run(tmp_path / "r", "t", {}, quiet=True),
+                   progress=False)
+    assert out["test_error_goodness_pct"] < 10.0
+    assert out["test_error_softmax_pct"] < 10.0
