@@ -56,12 +56,21 @@ def flat_float(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 def make_optimizer(
     name: str, params, lr: float, weight_decay: float = 0.0, momentum: float = 0.9
 ) -> torch.optim.Optimizer:
-    """'adam' or 'sgd' (with momentum), by name, so configs can choose."""
+    """'adam' or 'sgd' (with momentum), by name, so configs can choose.
+
+    The fused kernels update each tensor in one pass over memory; on a CPU the default
+    per-op implementation of Adam costs as much time as the matmuls of a 2000x2000 layer."""
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r} (use adam or sgd)")
+        cls, kw = torch.optim.Adam, {"lr": lr, "weight_decay": weight_decay}
+    elif name == "sgd":
+        cls, kw = torch.optim.SGD, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
+    else:
+        raise ValueError(f"unknown optimizer {name!r} (use adam or sgd)")
+    params = list(params)
+    try:
+        return cls(params, fused=True, **kw)
+    except (RuntimeError, ValueError, TypeError):  # no fused kernel for this device or dtype
+        return cls(params, **kw)
 
 
 def lr_factor(schedule: str, step: int, total: int) -> float:

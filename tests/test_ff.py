@@ -41,6 +41,13 @@ def test_loss_hand_computed():
     assert bad.item() == pytest.approx(math.log(1 + math.e), rel=1e-6)
 
 
+def test_pairwise_loss_hand_computed():
+    # sigmoid((g_pos - g_neg) / T): a margin of 2 at T = 2 is a logit of 1.
+    loss = ff.pairwise_loss(torch.tensor([5.0, 1.0]), torch.tensor([3.0, 3.0]), temperature=2.0)
+    expected = 0.5 * (math.log(1 + math.exp(-1)) + math.log(1 + math.exp(1)))
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
 def test_threshold_sign_follows_goodness():
     h = torch.ones(2, 5)
     pos_high = ff.FFNet(dense_stack(3, (5, 5)), ff.FFRule(goodness="sumsq", threshold=2.0))

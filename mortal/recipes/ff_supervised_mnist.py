@@ -34,6 +34,7 @@ class Config:
     weight_decay: float = 3e-4
     schedule: Literal["cooldown", "constant", "linear", "cosine"] = "cooldown"
     goodness: Literal["sumsq", "neg_sumsq"] = "sumsq"
+    loss: Literal["threshold", "pairwise"] = "threshold"
     threshold: float = 1.0
     temperature: float = 1.0
     peer_weight: float = 0.03
@@ -66,7 +67,7 @@ class Config:
 
 def build(cfg: Config, d_in: int) -> ff.FFNet:
     """The FF network of this recipe (also used by the benchmark)."""
-    rule = ff.FFRule(goodness=cfg.goodness, threshold=cfg.threshold,
+    rule = ff.FFRule(goodness=cfg.goodness, loss=cfg.loss, threshold=cfg.threshold,
                      temperature=cfg.temperature, peer_weight=cfg.peer_weight,
                      peer_momentum=cfg.peer_momentum, optimizer=cfg.optimizer, lr=cfg.lr,
                      momentum=cfg.momentum, weight_decay=cfg.weight_decay, dtype=cfg.dtype)

@@ -77,6 +77,14 @@ def ff_loss(g_pos: torch.Tensor, g_neg: torch.Tensor, threshold: float,
     return 0.5 * (F.softplus(-logit_pos).mean() + F.softplus(logit_neg).mean())
 
 
+def pairwise_loss(g_pos: torch.Tensor, g_neg: torch.Tensor, temperature: float = 1.0
+                  ) -> torch.Tensor:
+    """Logistic loss on the goodness *difference* of paired positive and negative examples
+    (the same image with the right and a wrong label): p = sigmoid((g_pos - g_neg) / T).
+    A threshold-free variant (Lee & Song 2023, "SymBa"), offered beside the paper's loss."""
+    return F.softplus(-(g_pos - g_neg) / temperature).mean()
+
+
 def peer_loss(running_mean: torch.Tensor, batch_mean: torch.Tensor,
               momentum: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Peer normalisation: keep each unit's running mean activity near the layer's average, so
@@ -94,6 +102,7 @@ class FFRule:
     """The knobs of the rule, independent of the architecture it trains."""
 
     goodness: str = "sumsq"
+    loss: str = "threshold"  # "threshold" (the paper) or "pairwise" (goodness difference)
     threshold: float = 1.0  # per unit: a layer of n units uses n * threshold
     temperature: float = 1.0
     peer_weight: float = 0.0  # 0 disables peer normalisation
@@ -144,7 +153,10 @@ class FFNet(nn.Module):
                 h = layer(x)
             g = self.goodness(h)
             theta = self.threshold(h)
-            loss = ff_loss(g[:n], g[n:], theta, self.rule.temperature)
+            if self.rule.loss == "pairwise":
+                loss = pairwise_loss(g[:n], g[n:], self.rule.temperature)
+            else:
+                loss = ff_loss(g[:n], g[n:], theta, self.rule.temperature)
             total = loss
             if self.rule.peer_weight > 0:
                 batch_mean = h[:n].float().flatten(1).mean(0)
@@ -159,7 +171,8 @@ class FFNet(nn.Module):
             with torch.no_grad():
                 stats.append({
                     "loss": loss.detach(),
-                    "acc": 0.5 * ((g[:n] > theta).float().mean() + (g[n:] <= theta).float().mean()),
+                    "acc": (g[:n] > g[n:]).float().mean() if self.rule.loss == "pairwise" else
+                    0.5 * ((g[:n] > theta).float().mean() + (g[n:] <= theta).float().mean()),
                 })
                 x = normalise(h.detach())
         return stats
