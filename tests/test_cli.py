@@ -115,6 +115,22 @@ def test_backprop_baseline_learns_mnist_subset(tmp_path):
     assert json.loads((out / "results.json").read_text())["test_error_pct"] < 10.0
 
 
+@needs_mnist
+def test_ff_recipe_reports_both_modes(tmp_path):
+    out = tmp_path / "ff"
+    r = mortal("run", "ff-supervised-mnist", "--set", "epochs=1", "--set", "widths=256,256",
+               "--set", "train_limit=10000", "--set", "softmax_epochs=2", "--out", str(out),
+               "--quiet")
+    assert r.returncode == 0, r.stderr
+    res = json.loads((out / "results.json").read_text())
+    assert {"test_error_goodness_pct", "test_error_softmax_pct"} <= res.keys()
+    assert res["test_error_pct"] == min(res["test_error_goodness_pct"],
+                                        res["test_error_softmax_pct"])
+    assert res["test_error_pct"] < 20
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss_layer1", "loss_layer2", "ff_acc_layer2", "test_error_pct"} <= rows[-1].keys()
+
+
 def _mnist_copy(tmp_path: Path) -> Path:
     d = tmp_path / "mnist"
     shutil.copytree(SHARED_DATA / "mnist", d)

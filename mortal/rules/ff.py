@@ -266,10 +266,33 @@ class FFTraining:
     n_classes: int = 10
     label_value: float = 1.0
     hard_negatives_every: int = 0  # epochs between recomputing hard negatives; 0 = uniform
+    # Where hard negatives come from: "softmax" (one neutral-label pass and a linear softmax on
+    # it, cheap) or "goodness" (one pass per label, as the paper classifies; 10x the cost).
+    hard_negatives_from: str = "softmax"
+    hard_negatives_mix: float = 0.5  # fraction of examples that get a hard (not uniform) label
     eval_every: int = 10  # epochs between test evaluations of mode (a) (and the final one)
     softmax_epochs: int = 20
     softmax_lr: float = 1e-2
     seed: int = 0
+
+
+def hard_negative_table(net: FFNet, x: torch.Tensor, y: torch.Tensor, cfg: FFTraining,
+                        g: torch.Generator) -> torch.Tensor:
+    """A wrong label for every training example, drawn from the model's own predictions (the
+    labels it currently confuses with the truth) for a `hard_negatives_mix` fraction of them,
+    uniformly for the rest."""
+    if cfg.hard_negatives_from == "goodness":
+        scores = net.goodness_scores(x, cfg.n_classes)
+    else:
+        feats = net.features(x, cfg.n_classes)
+        head = train_softmax(feats, y, cfg.n_classes, epochs=2, lr=cfg.softmax_lr, seed=cfg.seed)
+        with torch.no_grad():
+            scores = torch.cat([head(feats[i : i + 5000].float())
+                                for i in range(0, len(feats), 5000)])
+    hard = hard_wrong_labels(scores, y, g)
+    uniform = wrong_labels(y, cfg.n_classes, g)
+    use_hard = torch.rand(len(y), generator=g).to(y.device) < cfg.hard_negatives_mix
+    return torch.where(use_hard, hard, uniform)
 
 
 def cooldown_factor(epoch_frac: float) -> float:
@@ -295,8 +318,8 @@ def train(net: FFNet, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torc
     for epoch in range(start, cfg.epochs):
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         if cfg.hard_negatives_every and epoch > 0 and epoch % cfg.hard_negatives_every == 0:
-            scores = net.goodness_scores(x_train, cfg.n_classes)
-            y_neg_table = hard_wrong_labels(scores, y_train, g)
+            with run.timed():
+                y_neg_table = hard_negative_table(net, x_train, y_train, cfg, g)
         order = epoch_order(len(x_train), cfg.seed, epoch, x_train.device)
         sums = torch.zeros(n_layers, 2)
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
