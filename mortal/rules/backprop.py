@@ -6,6 +6,7 @@ once per epoch. bf16 autocast keeps fp32 master weights.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -67,7 +68,8 @@ def train(
     for epoch in range(start, epochs):
         model.train()
         bar = tqdm(batches(len(data.x_train), batch_size, seed, epoch), total=steps_per_epoch,
-                   desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+                   desc=f"epoch {epoch + 1}/{epochs}", leave=False,
+                   disable=not progress or not sys.stderr.isatty())
         loss_sum = torch.zeros(())
         with run.timed():
             for i, idx in enumerate(bar):

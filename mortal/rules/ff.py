@@ -27,6 +27,7 @@ This file holds the whole rule:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -323,7 +324,7 @@ def train(net: FFNet, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torc
         order = epoch_order(len(x_train), cfg.seed, epoch, x_train.device)
         sums = torch.zeros(n_layers, 2)
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not progress, leave=False)
+                   disable=not progress or not sys.stderr.isatty(), leave=False)
         with run.timed():
             for i in bar:
                 step = epoch * steps_per_epoch + i

@@ -13,10 +13,12 @@ _GROUPS = (
     ("curve_error", "error (%)", ("error",)),
     ("curve_loss", "loss", ("loss",)),
     ("curve_goodness", "goodness", ("goodness",)),
+    ("curve_accuracy", "per-layer pos/neg accuracy", ("acc",)),
 )
 
 
-def _plot(rows: list[dict[str, Any]], out: Path) -> list[tuple[str, str]]:
+def _plot(rows: list[dict[str, Any]], out: Path,
+          paper: float | None = None) -> list[tuple[str, str]]:
     """Draw one PNG per metric group against epoch; return (title, filename) pairs."""
     import matplotlib
 
@@ -38,6 +40,8 @@ def _plot(rows: list[dict[str, Any]], out: Path) -> list[tuple[str, str]]:
             if pts:
                 xs, ys = zip(*pts, strict=True)
                 ax.plot(xs, ys, marker="o" if len(xs) < 20 else None, label=k)
+        if paper is not None and stem == "curve_error":
+            ax.axhline(paper, color="k", linestyle="--", linewidth=1, label=f"paper {paper} %")
         ax.set_xlabel("epoch")
         ax.set_ylabel(title)
         if "error" in title and all(r.get(k, 1) > 0 for r in epoch_rows for k in chosen):
@@ -69,7 +73,7 @@ def render(run_dir: str | Path) -> Path:
     results_path = d / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     rows = read_metrics(d)
-    figures = _plot(rows, d)
+    figures = _plot(rows, d, results.get("paper_test_error_pct"))
 
     lines = [f"# {cfg.get('recipe', '?')}", ""]
     if results:
