@@ -25,7 +25,6 @@ from mortal.bench import gemm_gflops, gemm_peak
 from mortal.data.negatives import embed_label, wrong_labels
 from mortal.loop import autocast, make_optimizer
 from mortal.recipes import ff_supervised_mnist as recipe
-from mortal.rules import ff
 from mortal.runs import environment
 
 

@@ -11,8 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from .conftest import SHARED_DATA, needs_mnist
 
 SMALL_BP = ["--set", "widths=64,64", "--set", "train_limit=3000", "--set", "batch_size=100"]
