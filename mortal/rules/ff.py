@@ -231,7 +231,8 @@ def train_softmax(feats: torch.Tensor, y: torch.Tensor, n_classes: int = 10, epo
     head = nn.Linear(feats.shape[1], n_classes).to(feats.device)
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
-    opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = make_optimizer("adam", head.parameters(), lr, weight_decay)
+    dtype = "bfloat16" if feats.dtype == torch.bfloat16 else "float32"
     steps = epochs * (len(feats) // batch_size)
     step = 0
     for epoch in range(epochs):
@@ -239,7 +240,9 @@ def train_softmax(feats: torch.Tensor, y: torch.Tensor, n_classes: int = 10, epo
         for i in range(0, len(feats) - batch_size + 1, batch_size):
             set_lr(opt, lr * lr_factor("cosine", step, steps))
             idx = order[i : i + batch_size]
-            loss = F.cross_entropy(head(feats[idx].float()), y[idx])
+            with autocast(feats.device, dtype):
+                logits = head(feats[idx])
+            loss = F.cross_entropy(logits.float(), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -353,7 +356,12 @@ def train(net: FFNet, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torc
         for j in range(n_layers):
             row[f"loss_layer{j + 1}"] = float(means[j, 0])
             row[f"ff_acc_layer{j + 1}"] = float(means[j, 1])
-        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+        final = None
+        if epoch + 1 == cfg.epochs:  # the final evaluation, both modes, logged with the epoch
+            final = evaluate(net, x_train, y_train, x_test, y_test, cfg)
+            row["test_error_pct"] = final["test_error_goodness_pct"]
+            row["test_error_softmax_pct"] = final["test_error_softmax_pct"]
+        elif (epoch + 1) % cfg.eval_every == 0:
             pred = net.goodness_scores(x_test, cfg.n_classes).argmax(1)
             row["test_error_pct"] = error_pct(pred, y_test)
         run.log(**row)
@@ -369,7 +377,9 @@ def train(net: FFNet, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torc
             "peer_means": [t if t is not None else torch.empty(0) for t in net.peer_means],
             **({"y_neg_table": y_neg_table} if y_neg_table is not None else {}),
         })
-    return evaluate(net, x_train, y_train, x_test, y_test, cfg)
+        if final is not None:
+            return final
+    return evaluate(net, x_train, y_train, x_test, y_test, cfg)  # resumed after the last epoch
 
 
 def evaluate(net: FFNet, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
