@@ -16,12 +16,14 @@ gradient ever crosses a layer boundary, and each layer's optimiser steps on its 
 
 This file holds the whole rule:
   goodness functions   `sum_squares`, `neg_sum_squares` (+ any callable h -> (N,) tensor)
-  the layer loss       `ff_loss`, with optional peer normalisation `peer_loss`
+  the layer loss       `ff_loss` (the paper's threshold) or `pairwise_loss` (positive vs its
+                       paired negative), with optional peer normalisation `peer_loss`
   normalisation        `normalise`
   the network          `FFNet`: any stack of tensor -> tensor layers, one optimiser per layer
   the training step    `FFNet.train_step`: pos and neg batches fused into one matmul per layer
   classification       `FFNet.goodness_scores` (one pass per label) and `FFNet.features`
                        (one pass with a neutral label, for a softmax on top)
+  hard negatives       `hard_negative_table`: wrong labels the model currently believes
   the loop             `train`: epochs of train_step with checkpoints, metrics and evaluation
 """
 
@@ -140,7 +142,8 @@ class FFNet(nn.Module):
         for opt in self.optimizers:
             set_lr(opt, lr)
 
-    def train_step(self, x_pos: torch.Tensor, x_neg: torch.Tensor) -> list[dict[str, float]]:
+    def train_step(self, x_pos: torch.Tensor, x_neg: torch.Tensor
+                   ) -> list[dict[str, torch.Tensor]]:
         """One FF update of every layer on a batch of positive and negative inputs.
 
         Positive and negative examples go through each layer together (one matmul); each
