@@ -254,10 +254,15 @@ def train_softmax(feats: torch.Tensor, y: torch.Tensor, n_classes: int = 10, epo
 
 
 @torch.no_grad()
-def softmax_predict(head: nn.Linear, feats: torch.Tensor, batch_size: int = 5000) -> torch.Tensor:
-    """Class predictions of a trained head."""
-    return torch.cat([head(feats[i : i + batch_size].float()).argmax(1)
+def softmax_logits(head: nn.Linear, feats: torch.Tensor, batch_size: int = 5000) -> torch.Tensor:
+    """(N, classes) logits of a trained head, in batches."""
+    return torch.cat([head(feats[i : i + batch_size].float())
                       for i in range(0, len(feats), batch_size)])
+
+
+def softmax_predict(head: nn.Linear, feats: torch.Tensor) -> torch.Tensor:
+    """Class predictions of a trained head."""
+    return softmax_logits(head, feats).argmax(1)
 
 
 # --- the training loop ---------------------------------------------------------------------
@@ -293,9 +298,7 @@ def hard_negative_table(net: FFNet, x: torch.Tensor, y: torch.Tensor, cfg: FFTra
     else:
         feats = net.features(x, cfg.n_classes)
         head = train_softmax(feats, y, cfg.n_classes, epochs=2, lr=cfg.softmax_lr, seed=cfg.seed)
-        with torch.no_grad():
-            scores = torch.cat([head(feats[i : i + 5000].float())
-                                for i in range(0, len(feats), 5000)])
+        scores = softmax_logits(head, feats)
     hard = hard_wrong_labels(scores, y, g)
     uniform = wrong_labels(y, cfg.n_classes, g)
     use_hard = torch.rand(len(y), generator=g).to(y.device) < cfg.hard_negatives_mix
