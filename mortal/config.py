@@ -47,7 +47,8 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
     if origin in (tuple, list):
         (inner, *rest) = typing.get_args(tp) or (str,)
         if isinstance(value, str):
-            value = [v for v in value.replace(" ", "").split(",") if v]
+            # "1,2,4" and "[1, 2, 4]" both work on the command line
+            value = [v for v in value.replace(" ", "").strip("[]()").split(",") if v]
         return tuple(_coerce(name, v, inner) for v in value)
     if tp is bool:
         if isinstance(value, bool):

@@ -60,13 +60,16 @@ def dense_stack(d_in: int, widths: tuple[int, ...] | list[int], act: str = "relu
 class MLP(nn.Module):
     """A stack of hidden layers and a linear classifier on top (trained end to end by backprop)."""
 
-    def __init__(self, d_in: int, widths: tuple[int, ...], n_classes: int, dropout: float = 0.0):
+    def __init__(self, d_in: int, widths: tuple[int, ...], n_classes: int, dropout: float = 0.0,
+                 input_dropout: float = 0.0):
         super().__init__()
         self.layers = dense_stack(d_in, widths)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.input_dropout = nn.Dropout(input_dropout) if input_dropout > 0 else nn.Identity()
         self.head = nn.Linear(widths[-1], n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.input_dropout(x)
         for layer in self.layers:
             x = self.dropout(layer(x))
         return self.head(x)

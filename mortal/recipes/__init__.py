@@ -51,4 +51,10 @@ def all_recipes() -> list[Recipe]:
 
 
 def _load_all() -> None:
-    from mortal.recipes import bp_mnist_mlp, ff_supervised_mnist  # noqa: F401
+    from mortal.recipes import (  # noqa: F401
+        bp_mnist_mlp,
+        distill_mnist,
+        distill_omitted_mnist,
+        ff_supervised_mnist,
+        noisy_labels_mnist,
+    )

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -127,6 +128,7 @@ class Run:
         resume: bool = False,
         dtype: str | None = None,
         quiet: bool = False,
+        record_env: bool = True,
     ) -> None:
         self.dir = Path(out)
         self.recipe = recipe
@@ -144,12 +146,39 @@ class Run:
                     f"cannot resume {self.dir}: it was started with a different recipe or config "
                     f"({old.get('recipe')}). Use the same --set/--config, or a new --out."
                 )
-        elif not resume and self.metrics_path.exists():
+        elif not resume:
             # A fresh run in an old directory starts clean, so stale metrics never mix in.
-            for name in ("metrics.jsonl", "results.json", self.CHECKPOINT):
+            for name in ("metrics.jsonl", "results.json", self.STAGE_DONE, self.CHECKPOINT):
                 (self.dir / name).unlink(missing_ok=True)
+            shutil.rmtree(self.dir / "stages", ignore_errors=True)
         _write_json(cfg_path, {"recipe": recipe, "config": config})
-        _write_json(self.dir / "env.json", environment(dtype))
+        if record_env:
+            _write_json(self.dir / "env.json", environment(dtype))
+
+    # -- stages ----------------------------------------------------------------------------
+    STAGE_DONE = "stage.json"
+
+    def stage(self, name: str) -> Run:
+        """A sub-run in stages/NAME/ with its own metrics and checkpoint, for recipes made of
+        several trainings (a teacher, students, a sweep). With --resume, a finished stage is
+        not redone (see `done`) and an unfinished one continues from its checkpoint."""
+        return Run(self.dir / "stages" / name, f"{self.recipe}/{name}", self.config,
+                   resume=self.resume, quiet=self.quiet, record_env=False)
+
+    def done(self) -> dict[str, Any] | None:
+        """The results a stage recorded with `finish_stage`, when resuming; else None."""
+        path = self.dir / self.STAGE_DONE
+        if self.resume and path.exists():
+            out = json.loads(path.read_text())
+            self.train_seconds = float(out.get("train_seconds", 0.0))
+            return out
+        return None
+
+    def finish_stage(self, results: dict[str, Any]) -> dict[str, Any]:
+        """Record a stage's results (with its training time) so a resumed run can skip it."""
+        results = {**results, "train_seconds": round(self.train_seconds, 2)}
+        _write_json(self.dir / self.STAGE_DONE, results)
+        return results
 
     # -- metrics ---------------------------------------------------------------------------
     def log(self, **metrics: Any) -> None:

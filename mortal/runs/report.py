@@ -97,6 +97,11 @@ def render(run_dir: str | Path) -> Path:
         lines.append("")
     else:
         lines += ["(no results.json yet: the run has not finished)", ""]
+    if (d / "table.md").exists():
+        lines += ["## Table", "", (d / "table.md").read_text().rstrip(), ""]
+    extra = [f for f in results.get("figures", []) if (d / f).exists()]
+    if extra:
+        lines += ["## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in extra] + [""]
     if figures:
         lines += ["## Learning curves", ""]
         lines += [f"![{title}]({name})" for title, name in figures]
