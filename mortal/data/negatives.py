@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 
 
 class Negatives(Protocol):
@@ -67,3 +68,33 @@ class WrongLabel:
             y_neg = wrong_labels(y, self.n_classes, g)
         return (embed_label(x, y, self.n_classes, self.value),
                 embed_label(x, y_neg, self.n_classes, self.value))
+
+
+def blur_mask(n: int, shape: tuple[int, int], blur_steps: int = 6,
+              g: torch.Generator | None = None, device: torch.device | str = "cpu"
+              ) -> torch.Tensor:
+    """(n, H, W) masks of 0s and 1s with large regions: random bits, blurred `blur_steps` times
+    with [1/4, 1/2, 1/4] along rows and columns, then thresholded at 0.5 (FF paper, §3.2)."""
+    h, w = shape
+    m = torch.randint(0, 2, (n, 1, h, w), generator=g).float().to(device)
+    k = torch.tensor([0.25, 0.5, 0.25], device=device)
+    for _ in range(blur_steps):
+        m = F.conv2d(F.pad(m, (1, 1, 0, 0), mode="replicate"), k.view(1, 1, 1, 3))
+        m = F.conv2d(F.pad(m, (0, 0, 1, 1), mode="replicate"), k.view(1, 1, 3, 1))
+    return (m[:, 0] > 0.5).float()
+
+
+def hybrid_images(x: torch.Tensor, other: torch.Tensor, image_shape: tuple[int, int, int],
+                  blur_steps: int = 6, g: torch.Generator | None = None) -> torch.Tensor:
+    """Unsupervised FF negatives: mask * x + (1 - mask) * other, on flat images (N, C*H*W).
+    They have real short-range structure (strokes) but wrong long-range shape."""
+    c, h, w = image_shape
+    mask = blur_mask(len(x), (h, w), blur_steps, g, x.device)[:, None].expand(-1, c, -1, -1)
+    mask = mask.reshape(len(x), -1)
+    return mask * x + (1.0 - mask) * other
+
+
+def other_indices(idx: torch.Tensor, n: int, g: torch.Generator | None = None) -> torch.Tensor:
+    """For each index in `idx`, a uniformly drawn different index in range(n)."""
+    shift = torch.randint(1, n, idx.shape, generator=g).to(idx.device)
+    return (idx + shift) % n

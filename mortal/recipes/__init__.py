@@ -56,5 +56,6 @@ def _load_all() -> None:
         distill_mnist,
         distill_omitted_mnist,
         ff_supervised_mnist,
+        ff_unsupervised_mnist,
         noisy_labels_mnist,
     )

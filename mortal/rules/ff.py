@@ -38,7 +38,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from mortal.data.negatives import embed_label, embed_neutral, hard_wrong_labels, wrong_labels
+from mortal.data.negatives import (
+    embed_label,
+    embed_neutral,
+    hard_wrong_labels,
+    hybrid_images,
+    other_indices,
+    wrong_labels,
+)
 from mortal.loop import autocast, epoch_order, lr_factor, make_optimizer, set_lr
 from mortal.runs import Run, check_finite
 
@@ -209,12 +216,14 @@ class FFNet(nn.Module):
 
     @torch.no_grad()
     def features(self, x: torch.Tensor, n_classes: int = 10, skip: int = 1,
-                 batch_size: int = 2000) -> torch.Tensor:
-        """Normalised activities of layers[skip:] for one pass with a neutral label: the input
-        of the one-pass softmax classifier (no gradient reaches the FF layers)."""
+                 batch_size: int = 2000, neutral_label: bool = True) -> torch.Tensor:
+        """Normalised activities of layers[skip:] for one pass (with a neutral label when the
+        net was trained with labels in its input): the input of the one-pass softmax
+        classifier (no gradient reaches the FF layers)."""
         chunks = []
         for i in range(0, len(x), batch_size):
-            acts = self.activities(embed_neutral(x[i : i + batch_size], n_classes))
+            xb = x[i : i + batch_size]
+            acts = self.activities(embed_neutral(xb, n_classes) if neutral_label else xb)
             chunks.append(torch.cat([normalise(h).flatten(1) for h in acts[skip:]], dim=1))
         return torch.cat(chunks)
 
@@ -285,7 +294,18 @@ class FFTraining:
     eval_every: int = 10  # epochs between test evaluations of mode (a) (and the final one)
     softmax_epochs: int = 20
     softmax_lr: float = 1e-2
+    # "wrong_label" (supervised: the image with a wrong label embedded) or "hybrid"
+    # (unsupervised: two images mixed through a blurred random mask; no label anywhere)
+    negatives: str = "wrong_label"
+    blur_steps: int = 6
+    image_shape: tuple[int, int, int] = (1, 28, 28)
+    softmax_skip: int = 1  # the softmax reads layers[softmax_skip:]
     seed: int = 0
+
+    @property
+    def supervised(self) -> bool:
+        """Whether labels go into the input (and so mode (a) exists)."""
+        return self.negatives == "wrong_label"
 
 
 def hard_negative_table(net: FFNet, x: torch.Tensor, y: torch.Tensor, cfg: FFTraining,
@@ -303,6 +323,23 @@ def hard_negative_table(net: FFNet, x: torch.Tensor, y: torch.Tensor, cfg: FFTra
     uniform = wrong_labels(y, cfg.n_classes, g)
     use_hard = torch.rand(len(y), generator=g).to(y.device) < cfg.hard_negatives_mix
     return torch.where(use_hard, hard, uniform)
+
+
+def positive_negative(x_train: torch.Tensor, y_train: torch.Tensor, idx: torch.Tensor,
+                      cfg: FFTraining, g: torch.Generator,
+                      y_neg_table: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The positive and negative batch for the examples `idx`. Supervised: the image with its
+    true label and with a wrong one (from the hard-negative table when there is one).
+    Unsupervised: the image itself, and a hybrid of two images."""
+    x = x_train[idx]
+    if not cfg.supervised:
+        other = x_train[other_indices(idx, len(x_train), g)]
+        return x, hybrid_images(x, other, cfg.image_shape, cfg.blur_steps, g)
+    y = y_train[idx]
+    y_neg = y_neg_table[idx] if y_neg_table is not None else wrong_labels(y, cfg.n_classes, g)
+    return (embed_label(x, y, cfg.n_classes, cfg.label_value),
+            embed_label(x, y_neg, cfg.n_classes, cfg.label_value))
 
 
 def cooldown_factor(epoch_frac: float) -> float:
@@ -327,7 +364,8 @@ def train(net: FFNet, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torc
         y_neg_table = state.get("y_neg_table")
     for epoch in range(start, cfg.epochs):
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        if cfg.hard_negatives_every and epoch > 0 and epoch % cfg.hard_negatives_every == 0:
+        if (cfg.supervised and cfg.hard_negatives_every and epoch > 0
+                and epoch % cfg.hard_negatives_every == 0):
             with run.timed():
                 y_neg_table = hard_negative_table(net, x_train, y_train, cfg, g)
         order = epoch_order(len(x_train), cfg.seed, epoch, x_train.device)
@@ -343,13 +381,7 @@ def train(net: FFNet, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torc
                     net.set_lr(net.rule.lr * lr_factor(cfg.schedule, step,
                                                        cfg.epochs * steps_per_epoch))
                 idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-                x, y = x_train[idx], y_train[idx]
-                if y_neg_table is not None:
-                    y_neg = y_neg_table[idx]
-                else:
-                    y_neg = wrong_labels(y, cfg.n_classes, g)
-                x_pos = embed_label(x, y, cfg.n_classes, cfg.label_value)
-                x_neg = embed_label(x, y_neg, cfg.n_classes, cfg.label_value)
+                x_pos, x_neg = positive_negative(x_train, y_train, idx, cfg, g, y_neg_table)
                 stats = net.train_step(x_pos, x_neg)
                 step_stats = torch.stack([torch.stack([s["loss"], s["acc"]]) for s in stats])
                 check_finite({f"layer {j + 1} loss": step_stats[j, 0] for j in range(n_layers)},
@@ -365,17 +397,27 @@ def train(net: FFNet, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torc
         final = None
         if epoch + 1 == cfg.epochs:  # the final evaluation, both modes, logged with the epoch
             final = evaluate(net, x_train, y_train, x_test, y_test, cfg)
-            row["test_error_pct"] = final["test_error_goodness_pct"]
+            if cfg.supervised:
+                row["test_error_pct"] = final["test_error_goodness_pct"]
             row["test_error_softmax_pct"] = final["test_error_softmax_pct"]
-        elif (epoch + 1) % cfg.eval_every == 0:
+        elif (epoch + 1) % cfg.eval_every == 0 and cfg.supervised:
             pred = net.goodness_scores(x_test, cfg.n_classes).argmax(1)
             row["test_error_pct"] = error_pct(pred, y_test)
+        elif (epoch + 1) % cfg.eval_every == 0:  # a quick softmax (2 epochs) to watch progress
+            head = train_softmax(net.features(x_train, cfg.n_classes, cfg.softmax_skip,
+                                              neutral_label=False), y_train, cfg.n_classes,
+                                 2, cfg.softmax_lr, seed=cfg.seed)
+            pred = softmax_predict(head, net.features(x_test, cfg.n_classes, cfg.softmax_skip,
+                                                      neutral_label=False))
+            row["test_error_softmax_pct"] = error_pct(pred, y_test)
         run.log(**row)
         if progress:
             msg = f"epoch {epoch + 1}/{cfg.epochs}: layer losses " + " ".join(
                 f"{float(means[j, 0]):.4f}" for j in range(n_layers))
             if "test_error_pct" in row:
                 msg += f"  test error (goodness) {row['test_error_pct']:.2f} %"
+            if "test_error_softmax_pct" in row:
+                msg += f"  test error (softmax) {row['test_error_softmax_pct']:.2f} %"
             tqdm.write(msg + f"  ({run.train_seconds:.0f} s)")
         run.save(epoch + 1, {
             "net": net.state_dict(),
@@ -394,20 +436,26 @@ def evaluate(net: FFNet, x_train: torch.Tensor, y_train: torch.Tensor, x_test: t
     the neutral-label features, trained here on the training set with the FF layers frozen."""
     import time
 
+    out = {}
+    if cfg.supervised:
+        t0 = time.perf_counter()
+        pred_a = net.goodness_scores(x_test, cfg.n_classes).argmax(1)
+        out["eval_seconds_goodness"] = round(time.perf_counter() - t0, 2)
+        out["test_error_goodness_pct"] = error_pct(pred_a, y_test)
+    skip = cfg.softmax_skip
     t0 = time.perf_counter()
-    pred_a = net.goodness_scores(x_test, cfg.n_classes).argmax(1)
-    t_a = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    head = train_softmax(net.features(x_train, cfg.n_classes), y_train, cfg.n_classes,
-                         cfg.softmax_epochs, cfg.softmax_lr, seed=cfg.seed)
+    head = train_softmax(net.features(x_train, cfg.n_classes, skip,
+                                      neutral_label=cfg.supervised),
+                         y_train, cfg.n_classes, cfg.softmax_epochs, cfg.softmax_lr,
+                         seed=cfg.seed)
     t_head = time.perf_counter() - t0
     t0 = time.perf_counter()
-    pred_b = softmax_predict(head, net.features(x_test, cfg.n_classes))
+    pred_b = softmax_predict(head, net.features(x_test, cfg.n_classes, skip,
+                                                neutral_label=cfg.supervised))
     t_b = time.perf_counter() - t0
     return {
-        "test_error_goodness_pct": error_pct(pred_a, y_test),
+        **out,
         "test_error_softmax_pct": error_pct(pred_b, y_test),
-        "eval_seconds_goodness": round(t_a, 2),
         "eval_seconds_softmax": round(t_b, 2),
         "softmax_train_seconds": round(t_head, 2),
     }
