@@ -133,8 +133,12 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """A JSON-ready dict of a config dataclass."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+    """A JSON-ready dict of a config dataclass (tuples, nested too, become lists)."""
+
+    def plain(v: Any) -> Any:
+        return [plain(x) for x in v] if isinstance(v, (tuple, list)) else v
+
+    return {k: plain(v) for k, v in dataclasses.asdict(cfg).items()}
 
 
 def check(cond: bool, message: str, problems: list[str]) -> None:

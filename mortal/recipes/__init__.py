@@ -55,6 +55,7 @@ def _load_all() -> None:
         bp_mnist_mlp,
         distill_mnist,
         distill_omitted_mnist,
+        ff_local_mnist,
         ff_supervised_mnist,
         ff_unsupervised_mnist,
         noisy_labels_mnist,

@@ -71,13 +71,18 @@ class Config:
         return p
 
 
-def build(cfg: Config, d_in: int) -> ff.FFNet:
-    """The FF network of this recipe (also used by the benchmark)."""
-    rule = ff.FFRule(goodness=cfg.goodness, loss=cfg.loss, threshold=cfg.threshold,
+def rule(cfg: Config) -> ff.FFRule:
+    """The FF rule's settings from this recipe's config (also used by the FF recipes that
+    build on it)."""
+    return ff.FFRule(goodness=cfg.goodness, loss=cfg.loss, threshold=cfg.threshold,
                      temperature=cfg.temperature, peer_weight=cfg.peer_weight,
                      peer_momentum=cfg.peer_momentum, optimizer=cfg.optimizer, lr=cfg.lr,
                      momentum=cfg.momentum, weight_decay=cfg.weight_decay, dtype=cfg.dtype)
-    return ff.FFNet(dense_stack(d_in, cfg.widths, cfg.activation, cfg.init), rule)
+
+
+def build(cfg: Config, d_in: int) -> ff.FFNet:
+    """The FF network of this recipe (also used by the benchmark)."""
+    return ff.FFNet(dense_stack(d_in, cfg.widths, cfg.activation, cfg.init), rule(cfg))
 
 
 def training(cfg: Config) -> ff.FFTraining:

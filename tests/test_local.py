@@ -1,0 +1,108 @@
+"""Locally connected layers and hybrid-image negatives: hand-checkable cases, and short runs of
+the unsupervised FF recipes that must learn."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mortal.arch.local import LocallyConnected2d, local_stack, out_size
+from mortal.data.negatives import blur_mask, hybrid_images, other_indices
+from tests.conftest import needs_mnist
+
+
+def _receptive_mask(c: int, h: int, w: int, k: int, s: int, o: int, pad: int = 0
+                    ) -> torch.Tensor:
+    """(H*W*C, oh*ow*O): 1 where an input element (channels last) lies in an output unit's
+    receptive field, built with plain loops."""
+    oh, ow = out_size(h, k, s, pad), out_size(w, k, s, pad)
+    mask = torch.zeros(h, w, c, oh, ow, o)
+    for i in range(oh):
+        for j in range(ow):
+            r0, c0 = i * s - pad, j * s - pad
+            mask[max(r0, 0) : r0 + k, max(c0, 0) : c0 + k, :, i, j, :] = 1
+    return mask.reshape(h * w * c, oh * ow * o)
+
+
+@pytest.mark.parametrize("shape,k,s,pad", [((1, 7, 7), 3, 2, 0), ((2, 6, 5), 2, 1, 0),
+                                           ((3, 4, 4), 4, 1, 0), ((2, 5, 5), 3, 2, 1)])
+def test_locally_connected_equals_masked_dense(shape, k, s, pad):
+    torch.manual_seed(0)
+    layer = LocallyConnected2d(shape, 3, k, s, pad, act="relu")
+    w, b = layer.dense_equivalent()
+    mask = _receptive_mask(*shape, k, s, 3, pad)
+    assert w.shape == mask.shape
+    assert (w[mask == 0] == 0).all()          # nothing outside the receptive fields
+    assert (w[mask == 1] != 0).all()          # and a weight of its own for every element inside
+    x = torch.randn(4, shape[1], shape[2], shape[0])  # channels last
+    torch.testing.assert_close(layer(x).reshape(4, -1), torch.relu(x.reshape(4, -1) @ w + b))
+    torch.testing.assert_close(layer(x.reshape(4, -1)), layer(x))  # flat input is the same
+    # backprop reaches the input and the weights through the gather
+    x.requires_grad_(True)
+    layer(x).sum().backward()
+    assert x.grad is not None and layer.weight.grad is not None
+
+
+def test_local_positions_do_not_share_weights():
+    layer = LocallyConnected2d((1, 4, 4), 1, 2, 2, act="relu")
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.bias.zero_()
+        layer.weight[0] = 1.0  # only the top-left position has weights
+    out = layer(torch.ones(1, 16))
+    assert out[0, :, :, 0].tolist() == [[4.0, 0.0], [0.0, 0.0]]
+
+
+def test_paper_local_net_shapes():
+    net = local_stack((1, 28, 28), [(128, 10, 6), (220, 2, 1), (512, 2, 1)])
+    assert [m.out_shape for m in net] == [(4, 4, 128), (3, 3, 220), (2, 2, 512)]
+    x = torch.rand(3, 784)
+    for m in net:
+        x = m(x)
+    assert x.shape == (3, 2, 2, 512)
+    with pytest.raises(ValueError, match="does not fit"):
+        LocallyConnected2d((1, 4, 4), 2, 5, 1)
+
+
+def test_hybrid_mask_has_large_regions_with_mean_near_half():
+    g = torch.Generator().manual_seed(0)
+    m = blur_mask(4000, (28, 28), 6, g)
+    assert set(m.unique().tolist()) == {0.0, 1.0}
+    assert m.mean().item() == pytest.approx(0.5, abs=0.02)
+    # large regions: neighbours agree far more often than for random bits (0.5)
+    agree = (m[:, :, 1:] == m[:, :, :-1]).float().mean().item()
+    assert agree > 0.85
+    raw = blur_mask(4000, (28, 28), 0, g)
+    assert (raw[:, :, 1:] == raw[:, :, :-1]).float().mean().item() == pytest.approx(0.5, abs=0.01)
+
+
+def test_hybrid_images_mix_two_images_through_the_mask():
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.full((5, 16), 2.0), torch.full((5, 16), -3.0)
+    h = hybrid_images(a, b, (1, 4, 4), blur_steps=2, g=g)
+    assert set(h.unique().tolist()) <= {2.0, -3.0}
+    idx = torch.arange(1000)
+    other = other_indices(idx, 1000, g)
+    assert (other != idx).all() and other.max() < 1000
+
+
+@needs_mnist
+@pytest.mark.parametrize("recipe,limit,bound", [("ff-unsupervised-mnist", 5000, 12.0),
+                                                ("ff-local-mnist", 5000, 12.0)])
+def test_unsupervised_recipes_learn(tmp_path, recipe, limit, bound):
+    """One epoch of FF with no labels on 5000 images; a softmax on its features beats 12 %."""
+    from mortal.cli import main
+
+    out = tmp_path / "r"
+    sets = ["epochs=1", f"train_limit={limit}", "softmax_epochs=10"]
+    if recipe == "ff-unsupervised-mnist":
+        sets.append("widths=500,500,500,500")
+    args = ["run", recipe, "--quiet", "--out", str(out)]
+    for s in sets:
+        args += ["--set", s]
+    assert main(args) == 0
+    r = json.loads((out / "results.json").read_text())
+    assert "test_error_goodness_pct" not in r  # no labels in the input: no mode (a)
+    assert r["test_error_pct"] < bound
