@@ -69,6 +69,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_results(args: argparse.Namespace) -> int:
+    from mortal.runs.report import summary
+
+    text = summary(args.paths)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text, end="")
+    return 0
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
     from mortal import data
 
@@ -107,6 +117,11 @@ def parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="re-render RUN_DIR/report.md")
     rp.add_argument("run_dir")
     rp.set_defaults(func=_cmd_report)
+
+    rs = sub.add_parser("results", help="table of every finished run under PATHS (RESULTS.md)")
+    rs.add_argument("paths", nargs="+", help="run directories or folders holding them")
+    rs.add_argument("--out", metavar="FILE", help="also write the table to FILE")
+    rs.set_defaults(func=_cmd_results)
 
     d = sub.add_parser("data", help="list, check or fetch datasets")
     dsub = d.add_subparsers(dest="data_cmd", required=True)

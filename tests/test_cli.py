@@ -26,6 +26,10 @@ def test_recipes_lists_paper_numbers():
     assert r.returncode == 0, r.stderr
     assert "bp-mnist-mlp" in r.stdout and "1.4 %" in r.stdout
     assert "ff-supervised-mnist" in r.stdout and "1.36 %" in r.stdout
+    for name, paper in [("ff-unsupervised-mnist", "1.37 %"), ("ff-local-mnist", "1.16 %"),
+                        ("distill-mnist", "0.74 %"), ("distill-omitted-mnist", "1.09 %"),
+                        ("noisy-labels-mnist", "5.0 %")]:
+        assert name in r.stdout and paper in r.stdout, name
 
 
 def test_unknown_key_rejected_before_training(tmp_path):
@@ -152,3 +156,18 @@ def test_data_check_cli(tmp_path):
     assert r.returncode != 0 and "train-labels" in r.stderr and "Traceback" not in r.stderr
     r = mortal("data", "list")
     assert r.returncode == 0 and "mnist" in r.stdout and "cifar10" in r.stdout
+
+
+@needs_mnist
+def test_results_table_is_generated_from_run_directories(tmp_path):
+    out = tmp_path / "runs" / "bp"
+    r = mortal("run", "bp-mnist-mlp", *SMALL_BP, "--set", "epochs=1", "--out", str(out),
+               "--quiet")
+    assert r.returncode == 0, r.stderr
+    table = tmp_path / "RESULTS.md"
+    r = mortal("results", str(tmp_path / "runs"), "--out", str(table))
+    assert r.returncode == 0, r.stderr
+    text = table.read_text()
+    ours = json.loads((out / "results.json").read_text())["test_error_pct"]
+    assert "| bp-mnist-mlp |" in text and f"{ours:.4g}" in text
+    assert str(out) in text
