@@ -106,3 +106,42 @@ def test_unsupervised_recipes_learn(tmp_path, recipe, limit, bound):
     r = json.loads((out / "results.json").read_text())
     assert "test_error_goodness_pct" not in r  # no labels in the input: no mode (a)
     assert r["test_error_pct"] < bound
+
+
+def test_separate_phases_use_only_their_half_of_the_loss():
+    """A positive-only step moves goodness of positive data up and leaves the network's
+    response to a separate negative batch out of the update entirely."""
+    from mortal.arch.dense import dense_stack
+    from mortal.rules import ff
+
+    torch.manual_seed(0)
+    rule = ff.FFRule(loss="threshold", threshold=0.5, optimizer="sgd", lr=0.05, dtype="float32")
+    net = ff.FFNet(dense_stack(20, (16, 16)), rule)
+    x_pos, x_neg = torch.rand(32, 20), torch.rand(32, 20) * 3
+    g0 = [net.goodness(h) for h in net.activities(x_pos)]
+    before = [p.detach().clone() for p in net.parameters()]
+    net.train_step(x_pos, torch.full_like(x_neg, float("nan")), phase="pos")  # neg unused
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+    g1 = [net.goodness(h) for h in net.activities(x_pos)]
+    assert all(b.mean() > a.mean() for a, b in zip(g0, g1, strict=True))
+    net.train_step(torch.full_like(x_pos, float("nan")), x_neg, phase="neg")  # pos unused
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+    pairwise = ff.FFNet(dense_stack(20, (16,)), ff.FFRule(loss="pairwise"))
+    with pytest.raises(ValueError, match="threshold"):
+        pairwise.train_step(x_pos, x_neg, phase="pos")
+
+
+@needs_mnist
+def test_sleep_study_writes_its_grid(tmp_path):
+    from mortal.cli import main
+
+    out = tmp_path / "s"
+    assert main(["run", "ff-sleep-mnist", "--quiet", "--out", str(out), "--set", "epochs=2",
+                 "--set", "widths=200,200", "--set", "train_limit=4000", "--set",
+                 "k_values=0,5,-1", "--set", "negative_sources=uniform,model"]) == 0
+    r = json.loads((out / "results.json").read_text())
+    assert set(r["cells"]) == {f"{s}-k{k}" for s in ("uniform", "model")
+                               for k in ("0", "5", "epoch")}
+    assert r["cells"]["uniform-k0"]["softmax_pct"] < 20  # it learned
+    assert (out / "table.md").exists() and (out / "error_vs_k.png").exists()

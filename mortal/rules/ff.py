@@ -149,14 +149,24 @@ class FFNet(nn.Module):
         for opt in self.optimizers:
             set_lr(opt, lr)
 
-    def train_step(self, x_pos: torch.Tensor, x_neg: torch.Tensor
+    def train_step(self, x_pos: torch.Tensor, x_neg: torch.Tensor, phase: str = "both"
                    ) -> list[dict[str, torch.Tensor]]:
         """One FF update of every layer on a batch of positive and negative inputs.
 
         Positive and negative examples go through each layer together (one matmul); each
-        layer's loss is backpropagated only into that layer, whose optimiser then steps."""
-        n = len(x_pos)
-        x = normalise(torch.cat([x_pos, x_neg]))
+        layer's loss is backpropagated only into that layer, whose optimiser then steps.
+        phase="pos" or "neg" learns from one kind of data only (the positive and negative
+        phases separated in time, "sleep"); that needs the threshold loss, whose two halves
+        are separate terms."""
+        if phase not in ("both", "pos", "neg"):
+            raise ValueError(f"phase must be both, pos or neg, not {phase!r}")
+        if phase != "both" and self.rule.loss != "threshold":
+            raise ValueError("separate positive and negative phases need loss='threshold': the "
+                             "pairwise loss compares each positive with its negative")
+        inputs = {"both": lambda: torch.cat([x_pos, x_neg]), "pos": lambda: x_pos,
+                  "neg": lambda: x_neg}[phase]()
+        n = len(x_pos) if phase == "both" else 0
+        x = normalise(inputs)
         stats = []
         for i, (layer, opt) in enumerate(zip(self.layers, self.optimizers, strict=True)):
             x = x.detach()  # no gradient crosses a layer boundary
@@ -164,13 +174,19 @@ class FFNet(nn.Module):
                 h = layer(x)
             g = self.goodness(h)
             theta = self.threshold(h)
-            if self.rule.loss == "pairwise":
-                loss = pairwise_loss(g[:n], g[n:], self.rule.temperature)
+            t = self.rule.temperature
+            if phase == "pos":
+                loss = F.softplus(-(g - theta) / t).mean()
+            elif phase == "neg":
+                loss = F.softplus((g - theta) / t).mean()
+            elif self.rule.loss == "pairwise":
+                loss = pairwise_loss(g[:n], g[n:], t)
             else:
-                loss = ff_loss(g[:n], g[n:], theta, self.rule.temperature)
+                loss = ff_loss(g[:n], g[n:], theta, t)
             total = loss
-            if self.rule.peer_weight > 0:
-                batch_mean = h[:n].float().flatten(1).mean(0)
+            if self.rule.peer_weight > 0 and phase != "neg":  # peer statistics: positive data
+                pos_h = h if phase == "pos" else h[:n]
+                batch_mean = pos_h.float().flatten(1).mean(0)
                 prev = self.peer_means[i]
                 if prev is None:
                     prev = torch.full_like(batch_mean, batch_mean.mean().item())
@@ -180,11 +196,15 @@ class FFNet(nn.Module):
             total.backward()
             opt.step()
             with torch.no_grad():
-                stats.append({
-                    "loss": loss.detach(),
-                    "acc": (g[:n] > g[n:]).float().mean() if self.rule.loss == "pairwise" else
-                    0.5 * ((g[:n] > theta).float().mean() + (g[n:] <= theta).float().mean()),
-                })
+                if phase == "pos":
+                    acc = (g > theta).float().mean()
+                elif phase == "neg":
+                    acc = (g <= theta).float().mean()
+                elif self.rule.loss == "pairwise":
+                    acc = (g[:n] > g[n:]).float().mean()
+                else:
+                    acc = 0.5 * ((g[:n] > theta).float().mean() + (g[n:] <= theta).float().mean())
+                stats.append({"loss": loss.detach(), "acc": acc})
                 x = normalise(h.detach())
         return stats
 
@@ -300,6 +320,9 @@ class FFTraining:
     blur_steps: int = 6
     image_shape: tuple[int, int, int] = (1, 28, 28)
     softmax_skip: int = 1  # the softmax reads layers[softmax_skip:]
+    # "Sleep": 0 learns from positive and negative data at every step; k > 0 alternates k
+    # positive-only steps with k negative-only steps.
+    sleep_block: int = 0
     seed: int = 0
 
     @property
@@ -382,7 +405,9 @@ def train(net: FFNet, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torc
                                                        cfg.epochs * steps_per_epoch))
                 idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
                 x_pos, x_neg = positive_negative(x_train, y_train, idx, cfg, g, y_neg_table)
-                stats = net.train_step(x_pos, x_neg)
+                phase = ("both" if not cfg.sleep_block else
+                         "pos" if (step // cfg.sleep_block) % 2 == 0 else "neg")
+                stats = net.train_step(x_pos, x_neg, phase)
                 step_stats = torch.stack([torch.stack([s["loss"], s["acc"]]) for s in stats])
                 check_finite({f"layer {j + 1} loss": step_stats[j, 0] for j in range(n_layers)},
                              step, "the FF network")
