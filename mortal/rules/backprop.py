@@ -102,6 +102,7 @@ def train(
         def loss_fn(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(logits, data.y_train[idx])
     opt = make_optimizer(optimizer, model.parameters(), lr, weight_decay)
+    constrained = [m for m in model.modules() if hasattr(m, "constrain_")]
     select = data.x_val is not None
     best = {"val_error_pct": float("inf"), "epoch": 0, "model": None}
     start, state = run.resume_state()
@@ -131,6 +132,8 @@ def train(
                 opt.step()
                 if max_norm:
                     max_norm_(model, max_norm)
+                for m in constrained:  # layers that project their weights (e.g. devices)
+                    m.constrain_()
                 loss_sum += loss.detach()
                 check_finite({"loss": loss}, step, "the backprop network")
                 if i % 100 == 0:

@@ -195,6 +195,8 @@ class FFNet(nn.Module):
             opt.zero_grad(set_to_none=True)
             total.backward()
             opt.step()
+            if hasattr(layer, "constrain_"):  # e.g. a device's conductance levels
+                layer.constrain_()
             with torch.no_grad():
                 if phase == "pos":
                     acc = (g > theta).float().mean()
