@@ -115,3 +115,21 @@ def test_ff_learns_in_place_on_an_imperfect_device():
     levels, ADC, distorted units, stuck weights) on 6000 MNIST images, 2 epochs. Measured
     2026-11-25: 13.0 % (the ideal layer at strength 0: 12.6 %; chance: 90 %)."""
     assert _ff_error(0.5) < 16.0
+
+
+@needs_mnist
+def test_device_recipe_writes_the_four_method_table(tmp_path):
+    import json
+
+    from mortal.cli import main
+    from mortal.recipes.mortal_device_mnist import METHODS
+
+    out = tmp_path / "d"
+    assert main(["run", "mortal-device-mnist", "--quiet", "--out", str(out), "--set",
+                 "epochs=1", "--set", "widths=100,100", "--set", "train_limit=2000", "--set",
+                 "strengths=0,1"]) == 0
+    r = json.loads((out / "results.json").read_text())
+    assert set(r["table"]) == set(METHODS)
+    assert all(set(v) == {"0", "1"} for v in r["table"].values())
+    assert r["table"]["bp-deployed"]["0"] < 40  # backprop learned on the ideal device
+    assert (out / "table.md").exists() and (out / "error_vs_strength.png").exists()

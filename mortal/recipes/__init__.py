@@ -59,5 +59,6 @@ def _load_all() -> None:
         ff_sleep_mnist,
         ff_supervised_mnist,
         ff_unsupervised_mnist,
+        mortal_device_mnist,
         noisy_labels_mnist,
     )

@@ -1,0 +1,186 @@
+"""mortal-device-mnist: learning in place on imperfect analog hardware (the 2022 interview's
+"mortal computation"; the FF paper's argument that FF needs no model of its own forward pass).
+
+Every hidden layer runs on a simulated device (`mortal.hardware`) whose imperfections are fixed
+at manufacture and hidden from the learner; one `strength` scales them all. Four ways to end
+up with a working device, at each strength:
+  bp-deployed   backprop on an ideal digital model, weights then written to the device
+  bp-in-loop    backprop with the device in the forward pass, ideal derivatives backward
+  ff-deployed   FF on the ideal model, then written to the device
+  ff-in-place   FF trained through the device: each layer sees its input and measured output
+FF classifies by goodness with each label (everything on the device); backprop's final linear
+readout stays digital (it is the same for every strength). The same device seeds are used by
+every method, so each column meets the same hardware.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from mortal.config import check
+from mortal.hardware import DeviceDense, Imperfections
+from mortal.loop import device_of, seed_everything
+from mortal.recipes import Recipe, register
+from mortal.recipes import ff_supervised_mnist as sup
+from mortal.recipes.common import load_split, standard_results
+from mortal.rules import backprop, ff
+
+METHODS = ("bp-deployed", "bp-in-loop", "ff-deployed", "ff-in-place")
+
+
+@dataclass
+class Config(sup.Config):
+    """ff-supervised-mnist's rule on a smaller net, the device family and the sweep."""
+
+    widths: tuple[int, ...] = (1000, 1000, 1000)
+    epochs: int = 20
+    hard_negatives_every: int = 1
+    strengths: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0)
+    device_seed: int = 1000
+    bp_lr: float = 1e-3
+    bp_batch_size: int = 100
+
+    def validate(self) -> list[str]:
+        p = super().validate()
+        check(len(self.strengths) >= 1 and min(self.strengths) >= 0,
+              "strengths must be >= 0", p)
+        return p
+
+
+def device_layers(cfg: Config, d_in: int, strength: float) -> list[DeviceDense]:
+    """The hidden layers of one physical device: the same seeds for every method."""
+    dims = [d_in, *cfg.widths]
+    return [DeviceDense(a, b, Imperfections().at(strength), seed=cfg.device_seed + i,
+                        act=cfg.activation, init=cfg.init)
+            for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True))]
+
+
+class DeviceMLP(nn.Module):
+    """Hidden layers (on a device or ideal) and a digital linear readout, for backprop."""
+
+    def __init__(self, layers: list[nn.Module], width: int, n_classes: int = 10) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.head = nn.Linear(width, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return self.head(x)
+
+
+def deploy(trained: nn.Module, target: nn.Module) -> nn.Module:
+    """Write trained weights onto a device (its imperfections stay), then onto its levels."""
+    target.load_state_dict(trained.state_dict(), strict=False)
+    for m in target.modules():
+        if hasattr(m, "constrain_"):
+            m.constrain_()
+    return target
+
+
+def ff_error(net: ff.FFNet, data: Any) -> float:
+    """Test error (%) of FF classification by goodness for each label."""
+    return ff.error_pct(net.goodness_scores(data.x_test).argmax(1), data.y_test)
+
+
+def train(cfg: Config, run: Any) -> dict[str, Any]:
+    """Train the four methods (each resumable as a stage) and test them at every strength."""
+    device = device_of(cfg.device)
+    data = load_split(cfg.dataset, cfg.data_root, device, cfg.train_limit)
+    d_in = data.x_train.shape[1]
+    loop = replace(sup.training(cfg), eval_every=10**9)
+    table: dict[str, dict[float, float]] = {m: {} for m in METHODS}
+
+    def train_ff(name: str, strength: float) -> ff.FFNet:
+        seed_everything(cfg.seed)
+        net = ff.FFNet(device_layers(cfg, d_in, strength), sup.rule(cfg)).to(device)
+        stage = run.stage(name)
+        out = ff.train(net, data.x_train, data.y_train, data.x_test, data.y_test, loop, stage,
+                       progress=not run.quiet)
+        stage.finish_stage({"stage": name, **out})
+        return net
+
+    def train_bp(name: str, strength: float) -> DeviceMLP:
+        seed_everything(cfg.seed)
+        model = DeviceMLP(device_layers(cfg, d_in, strength), cfg.widths[-1]).to(device)
+        stage = run.stage(name)
+        out = backprop.train(model, data, stage, epochs=cfg.epochs,
+                             batch_size=cfg.bp_batch_size, lr=cfg.bp_lr, dtype=cfg.dtype,
+                             seed=cfg.seed, progress=not run.quiet)
+        stage.finish_stage({"stage": name, **out})
+        return model
+
+    ff_ideal = train_ff("ff-ideal", 0.0)
+    bp_ideal = train_bp("bp-ideal", 0.0)
+    for s in cfg.strengths:
+        seed_everything(cfg.seed)
+        on_device = DeviceMLP(device_layers(cfg, d_in, s), cfg.widths[-1]).to(device)
+        table["bp-deployed"][s] = backprop.error_pct(deploy(bp_ideal, on_device), data.x_test,
+                                                     data.y_test, cfg.dtype)
+        ff_dev = ff.FFNet(device_layers(cfg, d_in, s), sup.rule(cfg)).to(device)
+        table["ff-deployed"][s] = ff_error(deploy(ff_ideal, ff_dev), data)
+        if s == 0:
+            table["bp-in-loop"][s] = table["bp-deployed"][s]
+            table["ff-in-place"][s] = table["ff-deployed"][s]
+            continue
+        table["bp-in-loop"][s] = backprop.error_pct(train_bp(f"bp-in-loop-s{s:g}", s),
+                                                    data.x_test, data.y_test, cfg.dtype)
+        table["ff-in-place"][s] = ff_error(train_ff(f"ff-in-place-s{s:g}", s), data)
+        if not run.quiet:
+            print(f"strength {s:g}: " + ", ".join(f"{m} {table[m][s]:.2f} %" for m in METHODS),
+                  flush=True)
+
+    stages = sorted((run.dir / "stages").glob("*/stage.json"))
+    run.train_seconds = sum(json.loads(p.read_text())["train_seconds"] for p in stages)
+    strengths = list(cfg.strengths)
+    lines = ["Test error (%) on devices of each strength (1 = the realistic defaults of "
+             "`mortal.hardware.Imperfections`).", "",
+             "| strength | " + " | ".join(METHODS) + " |", "|---|" + "---|" * len(METHODS)]
+    lines += [f"| {s:g} | " + " | ".join(f"{table[m][s]:.2f}" for m in METHODS) + " |"
+              for s in strengths]
+    (run.dir / "table.md").write_text("\n".join(lines) + "\n")
+    plot(run.dir / "error_vs_strength.png", strengths, table)
+    worst = max(strengths)
+    return standard_results(
+        RECIPE, cfg, run, len(data.x_train), table["ff-in-place"][worst],
+        test_error_note=f"test_error_pct is FF trained in place at strength {worst:g}",
+        table={m: {f"{s:g}": round(v, 4) for s, v in table[m].items()} for m in METHODS},
+        figures=["error_vs_strength.png"], dtype=cfg.dtype,
+    )
+
+
+def plot(path: Any, strengths: list[float], table: dict[str, dict[float, float]]) -> None:
+    """Test error against imperfection strength, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    for m in METHODS:
+        ax.plot(strengths, [table[m][s] for s in strengths], marker="o", label=m)
+    ax.set_xlabel("imperfection strength (1 = realistic)")
+    ax.set_ylabel("test error (%)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+RECIPE = register(Recipe(
+    name="mortal-device-mnist",
+    paper="Hinton 2022 interview (mortal computation); FF paper §1 (no forward model needed)",
+    setting="MNIST, 3x1000 on simulated analog devices; BP/FF, deployed vs trained in place; "
+            "sweep of imperfection strength",
+    dataset="mnist",
+    paper_test_error_pct=None,
+    config=Config,
+    train=train,
+))
