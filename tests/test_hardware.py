@@ -126,7 +126,7 @@ def test_device_recipe_writes_the_four_method_table(tmp_path):
 
     out = tmp_path / "d"
     assert main(["run", "mortal-device-mnist", "--quiet", "--out", str(out), "--set",
-                 "epochs=1", "--set", "widths=100,100", "--set", "train_limit=2000", "--set",
+                 "epochs=2", "--set", "widths=100,100", "--set", "train_limit=4000", "--set",
                  "strengths=0,1"]) == 0
     r = json.loads((out / "results.json").read_text())
     assert set(r["table"]) == set(METHODS)

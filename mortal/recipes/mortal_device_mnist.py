@@ -52,11 +52,13 @@ class Config(sup.Config):
         return p
 
 
-def device_layers(cfg: Config, d_in: int, strength: float) -> list[DeviceDense]:
-    """The hidden layers of one physical device: the same seeds for every method."""
+def device_layers(cfg: Config, d_in: int, strength: float, act: str | None = None
+                  ) -> list[DeviceDense]:
+    """The hidden layers of one physical device: the same seeds for every method. FF uses
+    the recipe's activation; backprop passes act="relu" (its true slope)."""
     dims = [d_in, *cfg.widths]
     return [DeviceDense(a, b, Imperfections().at(strength), seed=cfg.device_seed + i,
-                        act=cfg.activation, init=cfg.init)
+                        act=act or cfg.activation, init=cfg.init)
             for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True))]
 
 
@@ -107,7 +109,8 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
 
     def train_bp(name: str, strength: float) -> DeviceMLP:
         seed_everything(cfg.seed)
-        model = DeviceMLP(device_layers(cfg, d_in, strength), cfg.widths[-1]).to(device)
+        model = DeviceMLP(device_layers(cfg, d_in, strength, "relu"),
+                          cfg.widths[-1]).to(device)
         stage = run.stage(name)
         out = backprop.train(model, data, stage, epochs=cfg.epochs,
                              batch_size=cfg.bp_batch_size, lr=cfg.bp_lr, dtype=cfg.dtype,
@@ -119,7 +122,7 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
     bp_ideal = train_bp("bp-ideal", 0.0)
     for s in cfg.strengths:
         seed_everything(cfg.seed)
-        on_device = DeviceMLP(device_layers(cfg, d_in, s), cfg.widths[-1]).to(device)
+        on_device = DeviceMLP(device_layers(cfg, d_in, s, "relu"), cfg.widths[-1]).to(device)
         table["bp-deployed"][s] = backprop.error_pct(deploy(bp_ideal, on_device), data.x_test,
                                                      data.y_test, cfg.dtype)
         ff_dev = ff.FFNet(device_layers(cfg, d_in, s), sup.rule(cfg)).to(device)
