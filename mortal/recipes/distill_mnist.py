@@ -26,6 +26,7 @@ from mortal.recipes import Recipe, register
 from mortal.recipes.common import load_split, standard_results
 from mortal.rules import backprop, distill
 from mortal.rules.backprop import Split
+from mortal.runs.report import figure
 
 PAPER_ERRORS = {"teacher": 67, "student_alone": 146, "distilled": 74}
 
@@ -143,25 +144,13 @@ def student(cfg: Config, run: Any, name: str, data: Split, teacher_logits: torch
 def sweep_plot(path: Any, temps: list[float], errs: list[int], alone: int, teacher_err: int,
                paper: int | None) -> None:
     """Distilled student's test errors against T, with the student alone and the teacher."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    ax.plot(temps, errs, marker="o", label="distilled student")
-    ax.axhline(alone, color="C1", linestyle="--", label=f"student alone ({alone})")
-    ax.axhline(teacher_err, color="C2", linestyle="--", label=f"teacher ({teacher_err})")
-    if paper is not None:
-        ax.axhline(paper, color="k", linestyle=":", label=f"paper, distilled at T=20 ({paper})")
-    ax.set_xscale("log")
-    ax.set_xlabel("temperature T")
-    ax.set_ylabel("test errors (of 10,000)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with figure(path, "temperature T", "test errors (of 10,000)", xlog=True) as ax:
+        ax.plot(temps, errs, marker="o", label="distilled student")
+        ax.axhline(alone, color="C1", linestyle="--", label=f"student alone ({alone})")
+        ax.axhline(teacher_err, color="C2", linestyle="--", label=f"teacher ({teacher_err})")
+        if paper is not None:
+            ax.axhline(paper, color="k", linestyle=":",
+                       label=f"paper, distilled at T=20 ({paper})")
 
 
 def train(cfg: Config, run: Any) -> dict[str, Any]:

@@ -13,16 +13,14 @@ for this net; `softmax_skip` chooses).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from mortal.arch.local import local_stack
 from mortal.config import check
-from mortal.loop import device_of, seed_everything
 from mortal.recipes import Recipe, register
 from mortal.recipes import ff_supervised_mnist as sup
 from mortal.recipes import ff_unsupervised_mnist as unsup
-from mortal.recipes.common import load_split, standard_results
 from mortal.rules import ff
 
 
@@ -56,22 +54,7 @@ def build(cfg: Config, d_in: int) -> ff.FFNet:
 
 def train(cfg: Config, run: Any) -> dict[str, Any]:
     """Unsupervised FF on the locally connected net, then a softmax on its normalised layers."""
-    seed_everything(cfg.seed)
-    device = device_of(cfg.device)
-    data = load_split(cfg.dataset, cfg.data_root, device, cfg.train_limit)
-    net = build(cfg, data.x_train.shape[1]).to(device)
-    side = math.isqrt(data.x_train.shape[1])
-    loop = replace(sup.training(cfg), negatives="hybrid", blur_steps=cfg.blur_steps,
-                   image_shape=(1, side, side), softmax_skip=cfg.softmax_skip)
-    out = ff.train(net, data.x_train, data.y_train, data.x_test, data.y_test, loop, run,
-                   progress=not run.quiet)
-    return standard_results(
-        RECIPE, cfg, run, len(data.x_train), out["test_error_softmax_pct"],
-        **{k: round(v, 4) for k, v in out.items()},
-        test_error_note="softmax on the normalised activities of layers "
-                        f"{cfg.softmax_skip + 1}-{len(cfg.local_layers)}; FF saw no labels",
-        parameters=sum(p.numel() for p in net.parameters()), dtype=cfg.dtype,
-    )
+    return unsup.train_unsupervised(cfg, run, build, RECIPE, len(cfg.local_layers))
 
 
 RECIPE = register(Recipe(

@@ -24,6 +24,7 @@ from mortal.recipes import Recipe, register
 from mortal.recipes import ff_supervised_mnist as sup
 from mortal.recipes.common import load_split, standard_results
 from mortal.rules import ff
+from mortal.runs.report import figure
 
 
 @dataclass
@@ -55,28 +56,16 @@ def cell_name(k: int, source: str) -> str:
 
 def plot(path: Any, ks: list[int], errors: dict[str, list[float]], steps_per_epoch: int) -> None:
     """Test error against the block length k, one line per source of negatives."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
     xs = [steps_per_epoch if k == -1 else k for k in ks if k != 0]
-    for i, (source, errs) in enumerate(errors.items()):
-        split = [e for k, e in zip(ks, errs, strict=True) if k != 0]
-        ax.plot(xs, split, marker="o", color=f"C{i}", label=f"{source} negatives, split phases")
-        if 0 in ks:
-            ax.axhline(errs[ks.index(0)], color=f"C{i}", linestyle="--",
-                       label=f"{source} negatives, both phases every step")
-    if xs:
-        ax.set_xscale("log")
-    ax.set_xlabel("k: steps per positive-only / negative-only block")
-    ax.set_ylabel("test error (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with figure(path, "k: steps per positive-only / negative-only block", "test error (%)",
+                xlog=bool(xs)) as ax:
+        for i, (source, errs) in enumerate(errors.items()):
+            split = [e for k, e in zip(ks, errs, strict=True) if k != 0]
+            ax.plot(xs, split, marker="o", color=f"C{i}",
+                    label=f"{source} negatives, split phases")
+            if 0 in ks:
+                ax.axhline(errs[ks.index(0)], color=f"C{i}", linestyle="--",
+                           label=f"{source} negatives, both phases every step")
 
 
 def train(cfg: Config, run: Any) -> dict[str, Any]:

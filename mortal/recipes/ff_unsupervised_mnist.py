@@ -39,24 +39,31 @@ class Config(sup.Config):
         return p
 
 
-def train(cfg: Config, run: Any) -> dict[str, Any]:
-    """Train by FF on hybrid negatives, then a softmax on the frozen last three layers."""
+def train_unsupervised(cfg: Config, run: Any, build: Any, recipe: Recipe, n_layers: int
+                       ) -> dict[str, Any]:
+    """FF on hybrid negatives for any net `build(cfg, d_in)` makes, then a softmax on the
+    normalised activities of its layers from `softmax_skip` on (shared with ff-local-mnist)."""
     seed_everything(cfg.seed)
     device = device_of(cfg.device)
     data = load_split(cfg.dataset, cfg.data_root, device, cfg.train_limit)
-    net = sup.build(cfg, data.x_train.shape[1]).to(device)
+    net = build(cfg, data.x_train.shape[1]).to(device)
     side = math.isqrt(data.x_train.shape[1])
     loop = replace(sup.training(cfg), negatives="hybrid", blur_steps=cfg.blur_steps,
                    image_shape=(1, side, side), softmax_skip=cfg.softmax_skip)
     out = ff.train(net, data.x_train, data.y_train, data.x_test, data.y_test, loop, run,
                    progress=not run.quiet)
     return standard_results(
-        RECIPE, cfg, run, len(data.x_train), out["test_error_softmax_pct"],
+        recipe, cfg, run, len(data.x_train), out["test_error_softmax_pct"],
         **{k: round(v, 4) for k, v in out.items()},
         test_error_note="softmax on the normalised activities of layers "
-                        f"{cfg.softmax_skip + 1}-{len(cfg.widths)}; FF saw no labels",
-        dtype=cfg.dtype,
+                        f"{cfg.softmax_skip + 1}-{n_layers}; FF saw no labels",
+        parameters=sum(p.numel() for p in net.parameters()), dtype=cfg.dtype,
     )
+
+
+def train(cfg: Config, run: Any) -> dict[str, Any]:
+    """Train by FF on hybrid negatives, then a softmax on the frozen last three layers."""
+    return train_unsupervised(cfg, run, sup.build, RECIPE, len(cfg.widths))
 
 
 RECIPE = register(Recipe(

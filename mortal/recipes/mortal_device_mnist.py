@@ -29,6 +29,7 @@ from mortal.recipes import Recipe, register
 from mortal.recipes import ff_supervised_mnist as sup
 from mortal.recipes.common import load_split, standard_results
 from mortal.rules import backprop, ff
+from mortal.runs.report import figure
 
 METHODS = ("bp-deployed", "bp-in-loop", "ff-deployed", "ff-in-place")
 
@@ -159,22 +160,10 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
 
 def plot(path: Any, strengths: list[float], table: dict[str, dict[float, float]]) -> None:
     """Test error against imperfection strength, one line per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    for m in METHODS:
-        ax.plot(strengths, [table[m][s] for s in strengths], marker="o", label=m)
-    ax.set_xlabel("imperfection strength (1 = realistic)")
-    ax.set_ylabel("test error (%)")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with figure(path, "imperfection strength (1 = realistic)", "test error (%)",
+                ylog=True) as ax:
+        for m in METHODS:
+            ax.plot(strengths, [table[m][s] for s in strengths], marker="o", label=m)
 
 
 RECIPE = register(Recipe(

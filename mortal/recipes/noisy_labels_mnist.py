@@ -34,6 +34,7 @@ from mortal.recipes import Recipe, register
 from mortal.recipes.common import load_split, standard_results
 from mortal.rules import backprop
 from mortal.rules.backprop import Split
+from mortal.runs.report import figure
 
 INTERVIEW_P, INTERVIEW_ACCURACY_PCT = 0.8, 95.0
 
@@ -109,26 +110,15 @@ def fit(cfg: Config, run: Any, name: str, split: Split) -> dict[str, Any]:
 
 def plot(path: Any, ps: list[float], acc: list[float]) -> None:
     """Test accuracy against the corruption probability, with chance and the interview's claim."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    ax.plot(ps, acc, marker="o", label="student trained on corrupted labels")
-    ax.plot(ps, [100 * (1 - p) for p in ps], color="C1", linestyle="--",
-            label="its teacher: fraction of labels correct")
-    ax.axhline(10, color="grey", linestyle=":", label="chance")
-    ax.plot([INTERVIEW_P], [INTERVIEW_ACCURACY_PCT], "k*", markersize=10,
-            label="interview: ~95 % at p = 0.8")
-    ax.set_xlabel("p, probability a training label was replaced by a wrong one")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with figure(path, "p, probability a training label was replaced by a wrong one",
+                "test accuracy (%)") as ax:
+        ax.plot(ps, acc, marker="o", label="student trained on corrupted labels")
+        ax.plot(ps, [100 * (1 - p) for p in ps], color="C1", linestyle="--",
+                label="its teacher: fraction of labels correct")
+        ax.axhline(10, color="grey", linestyle=":", label="chance")
+        ax.plot([INTERVIEW_P], [INTERVIEW_ACCURACY_PCT], "k*", markersize=10,
+                label="interview: ~95 % at p = 0.8")
+        ax.set_ylim(0, 100)
 
 
 def train(cfg: Config, run: Any) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,32 @@ def _plot(rows: list[dict[str, Any]], out: Path,
         plt.close(fig)
         figures.append((title, f"{stem}.png"))
     return figures
+
+
+@contextlib.contextmanager
+def figure(path: str | Path, xlabel: str, ylabel: str, *, xlog: bool = False,
+           ylog: bool = False) -> Iterator[Any]:
+    """A matplotlib axis for one result figure; labels, grid, legend and the PNG on exit."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    try:
+        yield ax
+        if xlog:
+            ax.set_xscale("log")
+        if ylog:
+            ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
 
 
 def _fmt(v: Any) -> str:
