@@ -1,7 +1,7 @@
 """ff-sleep-mnist: can the positive and negative phases of FF be separated in time?
 
 The interviews suggest the negative phase could be sleep: learn from real data while awake and
-from negative data while asleep. The FF paper (§8, "sleep") reports that splitting the phases
+from negative data while asleep. The FF paper reports that splitting the phases
 did not work well except with a very low learning rate and very high momentum. This study
 measures it on supervised MNIST: blocks of k positive-only updates alternate with k negative-
 only updates, for k from 1 step to a whole epoch (k = -1), against learning from both at every
@@ -126,7 +126,7 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
 
 RECIPE = register(Recipe(
     name="ff-sleep-mnist",
-    paper="Hinton 2022, The Forward-Forward Algorithm, §8 (separating the phases: sleep)",
+    paper="Hinton 2022, The Forward-Forward Algorithm, its discussion of separating the phases in time ("sleep")",
     setting="supervised MNIST FF, k positive-only steps alternating with k negative-only steps;"
             " uniform vs model-predicted wrong labels; k from 1 to an epoch",
     dataset="mnist",
