@@ -126,7 +126,7 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
 
 RECIPE = register(Recipe(
     name="ff-sleep-mnist",
-    paper="Hinton 2022, The Forward-Forward Algorithm, its discussion of separating the phases in time ("sleep")",
+    paper='Hinton 2022, The Forward-Forward Algorithm: separating the phases in time ("sleep")',
     setting="supervised MNIST FF, k positive-only steps alternating with k negative-only steps;"
             " uniform vs model-predicted wrong labels; k from 1 to an epoch",
     dataset="mnist",
