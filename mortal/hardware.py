@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mortal.arch.dense import relu_st
+
 
 @dataclass(frozen=True)
 class Imperfections:
@@ -137,7 +139,7 @@ class DeviceDense(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.ideal:
             z = self.linear(x)
-            return z.clamp(min=0) if not self.straight_through else _st_relu(z)
+            return z.clamp(min=0) if not self.straight_through else relu_st(z)
         return _DeviceLinear.apply(x, self.linear.weight, self.linear.bias, self._device,
                                    self.straight_through)
 
@@ -153,9 +155,3 @@ class DeviceDense(nn.Module):
         floor = torch.floor(w)
         up = torch.rand(w.shape, generator=self.noise).to(w.device) < (w - floor)
         self.linear.weight.copy_((floor + up.to(w.dtype)) * step)
-
-
-def _st_relu(z: torch.Tensor) -> torch.Tensor:
-    from mortal.arch.dense import relu_st
-
-    return relu_st(z)

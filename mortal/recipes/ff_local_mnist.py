@@ -35,13 +35,16 @@ class Config(unsup.Config):
     epochs: int = 60
     softmax_skip: int = 0
 
+    @property
+    def n_layers(self) -> int:
+        """Hidden layers of the net: the locally connected ones."""
+        return len(self.local_layers)
+
     def validate(self) -> list[str]:
-        p = [m for m in super().validate() if "softmax_skip" not in m and "FF classif" not in m]
+        p = super().validate()
         check(len(self.local_layers) >= 1, "local_layers must not be empty", p)
         check(all(len(t) == 3 and min(t) >= 1 for t in self.local_layers),
               "local_layers holds (channels, field, stride) triples of positive ints", p)
-        check(0 <= self.softmax_skip < len(self.local_layers), "softmax_skip must leave a layer",
-              p)
         return p
 
 
@@ -54,7 +57,7 @@ def build(cfg: Config, d_in: int) -> ff.FFNet:
 
 def train(cfg: Config, run: Any) -> dict[str, Any]:
     """Unsupervised FF on the locally connected net, then a softmax on its normalised layers."""
-    return unsup.train_unsupervised(cfg, run, build, RECIPE, len(cfg.local_layers))
+    return unsup.train_unsupervised(cfg, run, build, RECIPE)
 
 
 RECIPE = register(Recipe(

@@ -55,12 +55,17 @@ class Config:
     seed: int = 0
     train_limit: int = 0
 
+    @property
+    def n_layers(self) -> int:
+        """Hidden layers of the net (recipes with other architectures override it)."""
+        return len(self.widths)
+
     def validate(self) -> list[str]:
         p: list[str] = []
         check(self.epochs >= 1, "epochs must be >= 1", p)
         check(self.batch_size >= 1, "batch_size must be >= 1", p)
         check(self.lr > 0, "lr must be > 0", p)
-        check(len(self.widths) >= 2, "FF classification skips the first layer: need >= 2 layers",
+        check(self.n_layers >= 2, "FF classification skips the first layer: need >= 2 layers",
               p)
         check(self.temperature > 0, "temperature must be > 0", p)
         check(0 <= self.peer_momentum < 1, "peer_momentum must be in [0, 1)", p)

@@ -34,13 +34,12 @@ class Config(sup.Config):
     def validate(self) -> list[str]:
         p = super().validate()
         check(self.blur_steps >= 0, "blur_steps must be >= 0", p)
-        check(0 <= self.softmax_skip < len(self.widths), "softmax_skip must leave a layer", p)
+        check(0 <= self.softmax_skip < self.n_layers, "softmax_skip must leave a layer", p)
         check(self.hard_negatives_every == 0, "hard negatives need labels: keep it 0 here", p)
         return p
 
 
-def train_unsupervised(cfg: Config, run: Any, build: Any, recipe: Recipe, n_layers: int
-                       ) -> dict[str, Any]:
+def train_unsupervised(cfg: Config, run: Any, build: Any, recipe: Recipe) -> dict[str, Any]:
     """FF on hybrid negatives for any net `build(cfg, d_in)` makes, then a softmax on the
     normalised activities of its layers from `softmax_skip` on (shared with ff-local-mnist)."""
     seed_everything(cfg.seed)
@@ -56,14 +55,14 @@ def train_unsupervised(cfg: Config, run: Any, build: Any, recipe: Recipe, n_laye
         recipe, cfg, run, len(data.x_train), out["test_error_softmax_pct"],
         **{k: round(v, 4) for k, v in out.items()},
         test_error_note="softmax on the normalised activities of layers "
-                        f"{cfg.softmax_skip + 1}-{n_layers}; FF saw no labels",
+                        f"{cfg.softmax_skip + 1}-{cfg.n_layers}; FF saw no labels",
         parameters=sum(p.numel() for p in net.parameters()), dtype=cfg.dtype,
     )
 
 
 def train(cfg: Config, run: Any) -> dict[str, Any]:
     """Train by FF on hybrid negatives, then a softmax on the frozen last three layers."""
-    return train_unsupervised(cfg, run, sup.build, RECIPE, len(cfg.widths))
+    return train_unsupervised(cfg, run, sup.build, RECIPE)
 
 
 RECIPE = register(Recipe(

@@ -15,7 +15,6 @@ every method, so each column meets the same hardware.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -139,8 +138,7 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
             print(f"strength {s:g}: " + ", ".join(f"{m} {table[m][s]:.2f} %" for m in METHODS),
                   flush=True)
 
-    stages = sorted((run.dir / "stages").glob("*/stage.json"))
-    run.train_seconds = sum(json.loads(p.read_text())["train_seconds"] for p in stages)
+    run.train_seconds = run.stages_seconds()
     strengths = list(cfg.strengths)
     lines = ["Test error (%) on devices of each strength (1 = the realistic defaults of "
              "`mortal.hardware.Imperfections`).", "",

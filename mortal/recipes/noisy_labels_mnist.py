@@ -19,7 +19,6 @@ so the epoch it picks is the right one and no clean label is ever used in traini
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -176,8 +175,7 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
     ps = sorted(sweep)
     plot(run.dir / "accuracy_vs_p.png", ps, [100 - sweep[p]["test_error_pct"] for p in ps])
 
-    stages = sorted((run.dir / "stages").glob("*/stage.json"))
-    run.train_seconds = sum(json.loads(s.read_text())["train_seconds"] for s in stages)
+    run.train_seconds = run.stages_seconds()
     headline = INTERVIEW_P if INTERVIEW_P in sweep else max(sweep)
     full = not cfg.train_limit and cfg.dataset == "mnist"
     return standard_results(

@@ -174,6 +174,11 @@ class Run:
             return out
         return None
 
+    def stages_seconds(self) -> float:
+        """The training time of every finished stage of this run, summed."""
+        return sum(json.loads(p.read_text())["train_seconds"]
+                   for p in (self.dir / "stages").glob(f"*/{self.STAGE_DONE}"))
+
     def finish_stage(self, results: dict[str, Any]) -> dict[str, Any]:
         """Record a stage's results (with its training time) so a resumed run can skip it."""
         results = {**results, "train_seconds": round(self.train_seconds, 2)}

@@ -148,8 +148,8 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
     a run are not runs of their own."""
     found: set[Path] = set()
     for p in map(Path, paths):
-        for r in [p / "results.json", *p.rglob("results.json")]:
-            if r.exists() and "stages" not in r.relative_to(p).parts:
+        for r in p.rglob("results.json"):
+            if "stages" not in r.relative_to(p).parts:
                 found.add(r.parent)
     return sorted(found)
 
