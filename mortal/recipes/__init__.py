@@ -53,12 +53,18 @@ def all_recipes() -> list[Recipe]:
 def _load_all() -> None:
     from mortal.recipes import (  # noqa: F401
         bp_mnist_mlp,
+        dbn_denoise_mnist,
+        dbn_mnist,
         distill_mnist,
         distill_omitted_mnist,
         ff_local_mnist,
         ff_sleep_mnist,
         ff_supervised_mnist,
         ff_unsupervised_mnist,
+        glom_parts,
+        grbm_mnist,
         mortal_device_mnist,
+        mortal_transfer_mnist,
         noisy_labels_mnist,
+        rbm_mnist,
     )

@@ -1,0 +1,327 @@
+"""glom-parts: GLOM (Hinton 2021) on a synthetic part-whole world with ground truth.
+
+Hinton's GLOM paper describes an imaginary system and reports no numbers. The targets here are
+the issue's: islands of agreement that match the true parts at a low level (ARI >= 0.8) and the
+true objects at a high level (ARI >= 0.9), and object classification from the top level above
+a numpy eGLOM-lite's 99 / 92 / 93 % at ambiguity 0 / 0.5 / 0.8. The data is
+mortal.data.parts: two objects per 48x64 image, three ellipse parts each, four classes.
+
+One GLOM learns on batches drawn at every ambiguity in turn (new images each step, so there
+is no overfitting to a training set). Then, per ambiguity, on fresh test images:
+  ARI per level  each image's foreground columns clustered (average linkage on cosine, the
+                 threshold per level picked on separate validation images) against the true
+                 parts and objects, averaged over images
+  classification a linear softmax on each object's mean top-level embedding (over its true
+                 columns), trained on other images' objects: labels reach only the probe
+Pictures: every level, every iteration, PCA to RGB with island boundaries (PNG and GIF).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from mortal.arch.glom import Glom, GlomSpec
+from mortal.config import check
+from mortal.data.parts import column_ids, make_parts
+from mortal.loop import device_of, seed_everything
+from mortal.recipes import Recipe, register
+from mortal.recipes.common import standard_results
+from mortal.rules import ff
+from mortal.rules import glom as rule_mod
+
+TARGETS = {"part_ari": 0.8, "object_ari": 0.9}
+EGLOM_LITE_ACCURACY = {0.0: 99.0, 0.5: 92.0, 0.8: 93.0}
+
+
+@dataclass
+class Config:
+    """GLOM's shape, how it learns, and how it is measured; --set changes any."""
+
+    mode: Literal["local", "paper", "supervised"] = "local"
+    ambiguities: tuple[float, ...] = (0.0, 0.5, 0.8)
+    # the net
+    patch: int = 4
+    context: int = 1
+    n_levels: int = 4
+    dim: int = 64
+    hidden: int = 128
+    pos_freqs: int = 4
+    weights: tuple[float, ...] = (1.0, 1.0, 1.0, 3.0)  # previous, bottom-up, top-down, attention
+    beta: float = 25.0
+    radius: tuple[float, ...] = (1.5, 3.0, 6.0, 0.0)
+    iterations: int = 6
+    # learning
+    epochs: int = 10
+    steps_per_epoch: int = 100
+    batch_size: int = 32
+    lr: float = 1e-3
+    tau: float = 0.1
+    contrast_weight: float = 0.1
+    mask_frac: float = 0.25
+    dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    # measuring
+    part_level: int = 1
+    object_level: int = 3
+    thresholds: tuple[float, ...] = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
+    n_val: int = 64
+    n_test: int = 256
+    n_probe_train: int = 1000
+    n_pictures: int = 3
+    device: str = "auto"
+    seed: int = 0
+
+    def validate(self) -> list[str]:
+        p: list[str] = []
+        check(all(0 <= a <= 1 for a in self.ambiguities) and len(self.ambiguities) > 0,
+              "ambiguities must be values in [0, 1]", p)
+        check(len(self.radius) == self.n_levels, "radius needs one value per level", p)
+        check(len(self.weights) == 4 and all(w >= 0 for w in self.weights),
+              "weights are 4 values >= 0: previous, bottom-up, top-down, attention", p)
+        check(0 <= self.part_level < self.n_levels and 0 <= self.object_level < self.n_levels,
+              "part_level and object_level must be levels (0 .. n_levels-1)", p)
+        check(self.epochs >= 1 and self.steps_per_epoch >= 1 and self.batch_size >= 2,
+              "epochs, steps_per_epoch >= 1 and batch_size >= 2 (InfoNCE needs negatives)", p)
+        check(self.iterations >= 1, "iterations must be >= 1", p)
+        check(self.lr > 0 and self.tau > 0 and self.beta > 0, "lr, tau, beta must be > 0", p)
+        check(0 < self.mask_frac < 1, "mask_frac must be in (0, 1)", p)
+        check(self.n_val >= 1 and self.n_test >= 1 and self.n_probe_train >= 8,
+              "n_val, n_test >= 1 and n_probe_train >= 8", p)
+        check(len(self.thresholds) > 0 and all(-1 <= t <= 1 for t in self.thresholds),
+              "thresholds are cosines in [-1, 1]", p)
+        return p
+
+
+def spec_of(cfg: Any, image: tuple[int, int, int]) -> GlomSpec:
+    """The GlomSpec a config describes (shared by the GLOM recipes)."""
+    return GlomSpec(image=image, patch=cfg.patch, context=cfg.context, n_levels=cfg.n_levels,
+                    dim=cfg.dim, hidden=cfg.hidden, pos_freqs=cfg.pos_freqs,
+                    weights=tuple(cfg.weights), beta=cfg.beta, radius=tuple(cfg.radius))
+
+
+def rule_of(cfg: Any, n_classes: int) -> rule_mod.GlomRule:
+    """The GlomRule a config describes (shared by the GLOM recipes)."""
+    return rule_mod.GlomRule(mode=cfg.mode, iterations=cfg.iterations, lr=cfg.lr, tau=cfg.tau,
+                             contrast_weight=cfg.contrast_weight, mask_frac=cfg.mask_frac,
+                             n_classes=n_classes, dtype=cfg.dtype)
+
+
+# --- pictures ---------------------------------------------------------------------------------
+
+
+def pca_rgb(e: np.ndarray) -> np.ndarray:
+    """(..., D) embeddings -> (..., 3) colours in [0, 1]: the top three principal components,
+    each scaled to its range (one PCA for all the given vectors, so colours compare)."""
+    flat = e.reshape(-1, e.shape[-1]).astype(np.float64)
+    flat = flat - flat.mean(0)
+    _, _, vt = np.linalg.svd(flat, full_matrices=False)
+    pc = flat @ vt[:3].T
+    if pc.shape[1] < 3:
+        pc = np.pad(pc, ((0, 0), (0, 3 - pc.shape[1])))
+    lo, hi = pc.min(0), pc.max(0)
+    return ((pc - lo) / np.maximum(hi - lo, 1e-9)).reshape(*e.shape[:-1], 3)
+
+
+def level_tile(rgb: np.ndarray, e: np.ndarray, grid: tuple[int, int], threshold: float,
+               cell: int) -> np.ndarray:
+    """One level at one iteration -> (gh*cell, gw*cell, 3) uint8: rgb (N, 3) colour per
+    column, dark lines between neighbouring columns whose embeddings e (N, D) are less similar
+    than `threshold` (island edges)."""
+    gh, gw = grid
+    img = np.kron(rgb.reshape(gh, gw, 3), np.ones((cell, cell, 1)))
+    u = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    u = u.reshape(gh, gw, -1)
+    right = (u[:, :-1] * u[:, 1:]).sum(-1) < threshold  # (gh, gw-1) edge after column x
+    down = (u[:-1] * u[1:]).sum(-1) < threshold
+    for y, x in zip(*np.nonzero(right), strict=True):
+        img[y * cell:(y + 1) * cell, (x + 1) * cell - 1:(x + 1) * cell + 1] = 0.0
+    for y, x in zip(*np.nonzero(down), strict=True):
+        img[(y + 1) * cell - 1:(y + 1) * cell + 1, x * cell:(x + 1) * cell] = 0.0
+    return (img * 255).astype(np.uint8)
+
+
+def island_frames(image: np.ndarray, hist: np.ndarray, grid: tuple[int, int],
+                  thresholds: list[float], cell: int = 8) -> list[np.ndarray]:
+    """One frame per iteration: the input image, then every level left to right.
+
+    image (C, H, W) in [0, 1]; hist (T+1, L, N, D) states -> T+1 uint8 (h, w, 3) frames. Each
+    level has one PCA over all its iterations, so a colour means the same in every frame."""
+    gh, gw = grid
+    pic = image.mean(0)
+    reps = max(1, (gh * cell) // pic.shape[0])
+    pic = np.kron(pic, np.ones((reps, reps)))
+    canvas = np.zeros((gh * cell, gw * cell, 3), dtype=np.uint8)
+    ph, pw = min(pic.shape[0], gh * cell), min(pic.shape[1], gw * cell)
+    canvas[:ph, :pw] = (pic[:ph, :pw, None] * 255).astype(np.uint8)
+    gap = np.full((gh * cell, 4, 3), 255, dtype=np.uint8)
+    n_levels = hist.shape[1]
+    rgb = [pca_rgb(hist[:, lvl]) for lvl in range(n_levels)]  # each (T+1, N, 3)
+    frames = []
+    for t in range(hist.shape[0]):
+        row = [canvas]
+        for lvl in range(n_levels):
+            row += [gap, level_tile(rgb[lvl][t], hist[t, lvl], grid, thresholds[lvl], cell)]
+        frames.append(np.concatenate(row, 1))
+    return frames
+
+
+def save_pictures(out_dir: Any, stem: str, images: np.ndarray, hists: np.ndarray,
+                  grid: tuple[int, int], thresholds: list[float]) -> list[str]:
+    """For each chosen image: a PNG grid (rows = iterations, then every level) and an animated
+    GIF of the iterations. Returns the file names written."""
+    from PIL import Image
+
+    names = []
+    for i in range(len(images)):
+        frames = island_frames(images[i], hists[i], grid, thresholds)
+        sep = np.full((4, frames[0].shape[1], 3), 255, dtype=np.uint8)
+        grid_img = np.concatenate([x for f in frames for x in (f, sep)][:-1], 0)
+        png, gif = f"{stem}_{i}.png", f"{stem}_{i}.gif"
+        Image.fromarray(grid_img).save(out_dir / png)
+        pil = [Image.fromarray(f) for f in frames]
+        pil[0].save(out_dir / gif, save_all=True, append_images=pil[1:], duration=600, loop=0)
+        names += [png, gif]
+    return names
+
+
+# --- measuring --------------------------------------------------------------------------------
+
+
+def object_features(e_top: torch.Tensor, obj_cols: torch.Tensor, n_objects: int
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, N, D) top level, (B, N) object ids -> ((B * n_objects, D) mean embedding over each
+    object's columns, (B * n_objects,) bool: the object has at least one column)."""
+    onehot = torch.nn.functional.one_hot(obj_cols, n_objects + 1)[..., 1:].float()  # (B, N, K)
+    sums = torch.einsum("bnk,bnd->bkd", onehot, e_top.float())
+    counts = onehot.sum(1)  # (B, K)
+    feats = sums / counts.clamp_min(1).unsqueeze(-1)
+    return feats.reshape(-1, e_top.shape[-1]), (counts > 0).reshape(-1)
+
+
+def best_thresholds(e: torch.Tensor, ids: torch.Tensor, grid: tuple[float, ...]
+                    ) -> tuple[list[float], list[float]]:
+    """Per level, the threshold of `grid` with the highest ARI against `ids` (and that ARI)."""
+    scores = np.stack([rule_mod.level_ari(e, ids, t) for t in grid])  # (thresholds, L)
+    best = scores.argmax(0)
+    return [grid[i] for i in best], [float(scores[i, lvl]) for lvl, i in enumerate(best)]
+
+
+def evaluate(model: Glom, cfg: Config, amb: float, device: torch.device, seed: int
+             ) -> dict[str, Any]:
+    """Per-level ARI (parts, objects) and top-level object classification at one ambiguity."""
+    p, it = cfg.patch, cfg.iterations
+    val = make_parts(cfg.n_val, seed + 1, amb)
+    test = make_parts(cfg.n_test, seed + 2, amb)
+    probe = make_parts(cfg.n_probe_train, seed + 3, amb)
+    e_val = rule_mod.states(model, val.images.to(device), it, cfg.dtype)
+    e_test = rule_mod.states(model, test.images.to(device), it, cfg.dtype)
+    out: dict[str, Any] = {}
+    for what, key in (("part", "part_ids"), ("object", "object_ids")):
+        thr, _ = best_thresholds(e_val, column_ids(getattr(val, key), p), cfg.thresholds)
+        ids = column_ids(getattr(test, key), p)
+        ari = [float(rule_mod.level_ari(e_test[:, lvl:lvl + 1], ids, t)[0])
+               for lvl, t in enumerate(thr)]
+        out[f"{what}_ari"] = [round(a, 4) for a in ari]
+        out[f"{what}_thresholds"] = thr
+    # classification: a linear softmax on each object's mean top-level embedding
+    e_probe = rule_mod.states(model, probe.images.to(device), it, cfg.dtype)
+    top = cfg.n_levels - 1
+    n_obj = probe.classes.shape[1]
+    f_tr, ok_tr = object_features(e_probe[:, top], column_ids(probe.object_ids, p).to(device),
+                                  n_obj)
+    f_te, ok_te = object_features(e_test[:, top], column_ids(test.object_ids, p).to(device),
+                                  n_obj)
+    y_tr = probe.classes.reshape(-1).to(device)
+    y_te = test.classes.reshape(-1).to(device)
+    head = ff.train_softmax(f_tr[ok_tr], y_tr[ok_tr], n_classes=4, epochs=100, lr=1e-2,
+                            batch_size=min(500, int(ok_tr.sum())), seed=cfg.seed)
+    pred = ff.softmax_predict(head, f_te)
+    out["classification_accuracy_pct"] = round(100 - ff.error_pct(pred[ok_te], y_te[ok_te]), 3)
+    out["e_test"] = e_test
+    out["test"] = test
+    return out
+
+
+def train(cfg: Config, run: Any) -> dict[str, Any]:
+    """Train one GLOM on every ambiguity in turn; measure ARI and classification per ambiguity;
+    draw the islands; write table.md."""
+    seed_everything(cfg.seed)
+    device = device_of(cfg.device)
+    first = make_parts(1, 0)
+    image = tuple(first.images.shape[1:])
+    model = Glom(spec_of(cfg, image)).to(device)
+    rule = rule_of(cfg, n_classes=4)
+    head = rule_mod.make_head(model, rule).to(device)
+    amb = cfg.ambiguities
+
+    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        pb = make_parts(cfg.batch_size, 1_000_003 * (cfg.seed + 1) + step, amb[step % len(amb)])
+        return pb.images.to(device), pb.classes[:, 0].to(device)
+
+    rule_mod.train(model, head, batch, cfg.epochs * cfg.steps_per_epoch, rule, run,
+                   log_every=cfg.steps_per_epoch, seed=cfg.seed, progress=not run.quiet)
+    model.eval()
+    per_amb: dict[str, dict[str, Any]] = {}
+    figures: list[str] = []
+    for k, a in enumerate(amb):
+        ev = evaluate(model, cfg, a, device, seed=10_000 * (k + 1) + cfg.seed)
+        e_test, test = ev.pop("e_test"), ev.pop("test")
+        per_amb[f"{a:g}"] = ev
+        if k == len(amb) // 2 and cfg.n_pictures:  # pictures at the middle ambiguity
+            n = cfg.n_pictures
+            hist = rule_mod.states(model, test.images[:n].to(device), cfg.iterations,
+                                   cfg.dtype, history=True)
+            thr = [ev["part_thresholds"][lvl] if lvl <= cfg.part_level
+                   else ev["object_thresholds"][lvl] for lvl in range(cfg.n_levels)]
+            figures += save_pictures(run.dir, f"islands_amb{a:g}", test.images[:n].numpy(),
+                                     hist.cpu().numpy(), model.spec.grid, thr)
+        del e_test
+    if not run.quiet:
+        for a, ev in per_amb.items():
+            print(f"ambiguity {a}: part ARI {ev['part_ari']}, object ARI {ev['object_ari']}, "
+                  f"classification {ev['classification_accuracy_pct']} %", flush=True)
+    pl, ol = cfg.part_level, cfg.object_level
+    lines = [f"| ambiguity | part ARI (level {pl}) | object ARI (level {ol}) | "
+             "classification (%) | eGLOM-lite (%) | part ARI per level | object ARI per level |",
+             "|---|---|---|---|---|---|---|"]
+    for a, ev in per_amb.items():
+        ref = EGLOM_LITE_ACCURACY.get(float(a))
+        lines.append(f"| {a} | {ev['part_ari'][pl]:.3f} | {ev['object_ari'][ol]:.3f} | "
+                     f"{ev['classification_accuracy_pct']:.2f} | "
+                     f"{ref if ref is not None else 'n/a'} | {ev['part_ari']} | "
+                     f"{ev['object_ari']} |")
+    lines += ["", f"Targets: part ARI >= {TARGETS['part_ari']}, object ARI >= "
+              f"{TARGETS['object_ari']}. Mode: {cfg.mode}. Pictures: ambiguity "
+              f"{amb[len(amb) // 2]:g}, rows = iterations 0..{cfg.iterations}, left to right the "
+              f"image then levels 0..{cfg.n_levels - 1}; dark lines = island edges."]
+    (run.dir / "table.md").write_text("\n".join(lines) + "\n")
+    a0 = f"{amb[0]:g}"
+    acc0 = per_amb[a0]["classification_accuracy_pct"]
+    n_train = cfg.epochs * cfg.steps_per_epoch * cfg.batch_size
+    return standard_results(
+        RECIPE, cfg, run, n_train, 100 - acc0,
+        test_error_note=f"object classification error from the top level at ambiguity {a0}",
+        mode=cfg.mode, per_ambiguity=per_amb,
+        part_ari={a: ev["part_ari"][pl] for a, ev in per_amb.items()},
+        object_ari={a: ev["object_ari"][ol] for a, ev in per_amb.items()},
+        classification_accuracy_pct={a: ev["classification_accuracy_pct"]
+                                     for a, ev in per_amb.items()},
+        targets=TARGETS, eglom_lite_accuracy_pct=EGLOM_LITE_ACCURACY,
+        parameters=sum(p.numel() for p in model.parameters()), dtype=cfg.dtype,
+        figures=figures,
+    )
+
+
+RECIPE = register(Recipe(
+    name="glom-parts",
+    paper="Hinton 2021, How to represent part-whole hierarchies in a neural network (GLOM)",
+    setting="synthetic ellipse part-whole world, 2 objects x 3 parts, 4 levels, mode=local",
+    dataset="parts",
+    paper_test_error_pct=1.0,
+    config=Config,
+    train=train,
+    notes="paper_test_error_pct: a numpy eGLOM-lite's 99 % at ambiguity 0 (GLOM has none)",
+))

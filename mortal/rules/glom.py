@@ -1,0 +1,310 @@
+"""Training GLOM (mortal.arch.glom) two ways, and measuring its islands.
+
+mode="local" (the default, the goal): no gradient crosses an iteration or a level. At every
+  iteration each bottom-up and top-down net reads the detached state and learns to predict
+  the detached attention consensus at its target level (the context teaches the local
+  extractor: "mutual distillation"), by InfoNCE against the same column of the other images
+  in the batch (same image positive, other images negative), which keeps the consensus from
+  collapsing to one vector for every image. The state then moves on with the detached
+  predictions. Each net's loss reaches only that net.
+mode="paper": backprop through all iterations of a denoising objective (reconstruct the
+  pixels of masked columns from level 0), plus the same InfoNCE regulariser on the live
+  (not detached) predictions.
+mode="supervised": backprop through all iterations of a cross-entropy on a linear head over
+  the top level's mean across columns (the backprop-trained GLOM classifier).
+
+Measuring: `cluster` (average-linkage agglomerative clustering of a level's columns on cosine
+similarity, cut at a threshold), `adjusted_rand_index`, and `level_ari` per level against
+ground-truth ids.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from mortal.arch.glom import Glom, update
+from mortal.loop import autocast, lr_factor, make_optimizer, set_lr
+from mortal.runs import Run, check_finite
+
+MODES = ("local", "paper", "supervised")
+
+
+@dataclass
+class GlomRule:
+    """How GLOM learns: the mode and its settings."""
+
+    mode: str = "local"
+    iterations: int = 6
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    tau: float = 0.1  # InfoNCE temperature
+    contrast_weight: float = 0.1  # paper mode: weight of the InfoNCE regulariser
+    mask_frac: float = 0.25  # paper mode: fraction of columns whose pixels are hidden
+    n_classes: int = 10  # supervised mode
+    dtype: str = "bfloat16"
+
+
+def info_nce(pred: torch.Tensor, target: torch.Tensor, tau: float) -> torch.Tensor:
+    """Per-level InfoNCE of predictions against targets, both (B, L, N, D): for column n of
+    image b, the positive is target[b, :, n] and the negatives the same column of the other
+    images. Returns (L,) losses averaged over images and columns."""
+    p = F.normalize(pred.float(), dim=-1)
+    t = F.normalize(target.float(), dim=-1)
+    logits = torch.einsum("blnd,clnd->lnbc", p, t) / tau  # (L, N, B, B)
+    n_levels, n_cols, b, _ = logits.shape
+    labels = torch.arange(b, device=pred.device).repeat(n_levels * n_cols)
+    ce = F.cross_entropy(logits.reshape(-1, b), labels, reduction="none")
+    return ce.view(n_levels, n_cols * b).mean(1)
+
+
+def local_losses(model: Glom, cols: torch.Tensor, e: torch.Tensor, dtype: str
+                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One local iteration: each net predicts its level from the detached state; returns
+    ({"bu": (L,), "td": (L-1,)} losses against the detached consensus, bu, td, consensus).
+    Level l's bottom-up loss reaches only the bottom-up net of level l, and so on."""
+    e = e.detach()
+    with torch.no_grad(), autocast(e.device, dtype):
+        att = model.consensus(e).float()
+    with autocast(e.device, dtype):
+        bu = model.bottom_up(cols, e)
+        td = model.top_down(e)
+    return {"bu": info_nce(bu, att, model_tau(model)),
+            "td": info_nce(td, att[:, :-1], model_tau(model))}, bu, td, att
+
+
+def model_tau(model: Glom) -> float:
+    """The InfoNCE temperature the training loop set on the model (default 0.1)."""
+    return float(getattr(model, "tau", 0.1))
+
+
+def local_step(model: Glom, x: torch.Tensor, rule: GlomRule, opt: torch.optim.Optimizer
+               ) -> dict[str, float]:
+    """mode=local: `iterations` iterations, each net regressing the detached consensus at its
+    level; gradients accumulate over iterations and every net steps once."""
+    cols = model.columns(x)
+    with torch.no_grad(), autocast(x.device, rule.dtype):
+        e = model.init_state(cols)
+    opt.zero_grad(set_to_none=True)
+    bu_sum = td_sum = 0.0
+    for _ in range(rule.iterations):
+        losses, bu, td, att = local_losses(model, cols, e, rule.dtype)
+        loss = (losses["bu"].sum() + losses["td"].sum()) / rule.iterations
+        loss.backward()
+        bu_sum = bu_sum + losses["bu"].detach()
+        td_sum = td_sum + losses["td"].detach()
+        e = update(e, bu.detach(), td.detach(), att, model.spec.weights)
+    opt.step()
+    out = {f"loss_bu{i}": float(v) / rule.iterations for i, v in enumerate(bu_sum)}
+    out.update({f"loss_td{i}": float(v) / rule.iterations for i, v in enumerate(td_sum)})
+    return out
+
+
+def mask_columns(x: torch.Tensor, patch: int, frac: float, g: torch.Generator
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hide the pixels of a random fraction of columns: (masked images, (B, N) bool mask)."""
+    b, _, h, w = x.shape
+    m = torch.rand(b, h // patch, w // patch, generator=g) < frac
+    m = m.to(x.device)
+    pix = m.repeat_interleave(patch, 1).repeat_interleave(patch, 2).unsqueeze(1)
+    return x.masked_fill(pix, 0.0), m.flatten(1)
+
+
+def patches(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, N, C * patch^2): each column's own pixels (reconstruction target)."""
+    return F.unfold(x, kernel_size=patch, stride=patch).transpose(1, 2)
+
+
+def paper_step(model: Glom, head: nn.Module, x: torch.Tensor, y: torch.Tensor | None,
+               rule: GlomRule, opt: torch.optim.Optimizer, g: torch.Generator
+               ) -> dict[str, float]:
+    """mode=paper (denoise masked columns from level 0, + InfoNCE regulariser) or
+    mode=supervised (cross-entropy from the top level's mean): backprop through every
+    iteration and level."""
+    p = model.spec.patch
+    x_in, masked = mask_columns(x, p, rule.mask_frac, g) if rule.mode == "paper" else (x, None)
+    cols = model.columns(x_in)
+    with autocast(x.device, rule.dtype):
+        e = model.init_state(cols)
+        reg = torch.zeros((), device=x.device)
+        for _ in range(rule.iterations):
+            att = model.consensus(e)
+            bu, td = model.bottom_up(cols, e), model.top_down(e)
+            if rule.mode == "paper":
+                reg = reg + info_nce(bu, att.detach(), rule.tau).mean() \
+                    + info_nce(td, att[:, :-1].detach(), rule.tau).mean()
+            e = update(e, bu, td, att, model.spec.weights)
+        if rule.mode == "paper":
+            recon = head(e[:, 0])  # (B, N, C p^2)
+            err = (recon.float() - patches(x, p)).pow(2).mean(2)  # (B, N)
+            main = (err * masked).sum() / masked.sum().clamp_min(1)
+            loss = main + rule.contrast_weight * reg / rule.iterations
+        else:
+            logits = head(e[:, -1].mean(1))
+            main = F.cross_entropy(logits.float(), y)
+            loss = main
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return {"loss_main": float(main), "loss_total": float(loss)}
+
+
+def make_head(model: Glom, rule: GlomRule) -> nn.Module:
+    """The extra trained piece of the backprop modes: a pixel decoder of level 0 (paper) or a
+    class head on the top level (supervised); an empty module for mode=local."""
+    d = model.spec.dim
+    if rule.mode == "paper":
+        return nn.Linear(d, model.spec.image[0] * model.spec.patch ** 2)
+    if rule.mode == "supervised":
+        return nn.Linear(d, rule.n_classes)
+    return nn.Identity()
+
+
+def train(model: Glom, head: nn.Module, batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+          steps: int, rule: GlomRule, run: Run, *, log_every: int = 100, seed: int = 0,
+          progress: bool = True, on_log: Callable[[int], dict[str, float]] | None = None
+          ) -> dict[str, float]:
+    """`steps` training steps on `batch(step) -> (x, y)` in `rule.mode`, logging the mean
+    losses every `log_every` steps (as "epoch" = step / log_every) with a checkpoint, so a
+    killed run resumes where it stopped. `on_log(step)` adds evaluation metrics to a row."""
+    if rule.mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {rule.mode!r}")
+    model.tau = rule.tau
+    params = list(model.parameters()) + list(head.parameters())
+    opt = make_optimizer("adam", params, rule.lr, rule.weight_decay)
+    g = torch.Generator().manual_seed(seed + 17)
+    start, state = run.resume_state()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        head.load_state_dict(state["head"])
+        opt.load_state_dict(state["optimizer"])
+        g.set_state(state["generator"])
+    start *= log_every
+    sums: dict[str, float] = {}
+    bar = tqdm(range(start, steps), desc=f"glom {rule.mode}", leave=False,
+               disable=not progress or not sys.stderr.isatty())
+    for step in bar:
+        with run.timed():
+            set_lr(opt, rule.lr * lr_factor(rule.schedule, step, steps))
+            x, y = batch(step)
+            if rule.mode == "local":
+                stats = local_step(model, x, rule, opt)
+            else:
+                stats = paper_step(model, head, x, y, rule, opt, g)
+        check_finite(stats, step, f"GLOM {rule.mode}")
+        for k, v in stats.items():
+            sums[k] = sums.get(k, 0.0) + v
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            n = (step % log_every) + 1
+            row = {k: v / n for k, v in sums.items()}
+            if on_log is not None:
+                row.update(on_log(step + 1))
+            run.log(epoch=(step + 1) // log_every if (step + 1) % log_every == 0
+                    else round((step + 1) / log_every, 3), step=step + 1,
+                    seconds=round(run.train_seconds, 2), **row)
+            sums = {}
+            if (step + 1) % log_every == 0:
+                run.save((step + 1) // log_every, {
+                    "model": model.state_dict(), "head": head.state_dict(),
+                    "optimizer": opt.state_dict(), "generator": g.get_state()})
+            if progress:
+                print(f"step {step + 1}/{steps} " + " ".join(
+                    f"{k}={v:.4g}" for k, v in row.items()) + f" ({run.train_seconds:.0f} s)",
+                    flush=True)
+    return {"train_seconds": run.train_seconds}
+
+
+# --- running and measuring ------------------------------------------------------------------
+
+
+@torch.no_grad()
+def states(model: Glom, x: torch.Tensor, iterations: int, dtype: str = "bfloat16",
+           batch_size: int = 200, history: bool = False) -> torch.Tensor:
+    """The state after `iterations` iterations for every image, (B, L, N, D) float32, or with
+    `history` every iteration's, (B, T+1, L, N, D) (T+1: the initial sweep included)."""
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = x[i : i + batch_size]
+        with autocast(xb.device, dtype):
+            cols = model.columns(xb)
+            e = model.init_state(cols)
+            seq = [e.float()]
+            for _ in range(iterations):
+                e = model.step(e, cols)
+                seq.append(e.float())
+        out.append(torch.stack(seq, 1) if history else seq[-1])
+    return torch.cat(out)
+
+
+def cluster(emb: np.ndarray, threshold: float) -> np.ndarray:
+    """(N, D) embeddings -> (N,) island labels: average-linkage agglomerative clustering on
+    cosine similarity, merging the two most similar clusters while their mean pairwise cosine
+    is at least `threshold` (unlike single linkage, a chain of neighbours does not merge two
+    islands that touch)."""
+    u = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    sim = (u @ u.T).astype(np.float64)
+    n = len(u)
+    np.fill_diagonal(sim, -np.inf)
+    size = np.ones(n)
+    labels = np.arange(n)
+    alive = np.ones(n, dtype=bool)
+    while n > 1:
+        i, j = np.unravel_index(np.argmax(sim), sim.shape)
+        if sim[i, j] < threshold:
+            break
+        # Lance-Williams for average linkage: the merged cluster's mean similarity to every k
+        merged = (size[i] * sim[i] + size[j] * sim[j]) / (size[i] + size[j])
+        sim[i, :], sim[:, i] = merged, merged
+        sim[i, i] = -np.inf
+        sim[j, :], sim[:, j] = -np.inf, -np.inf
+        size[i] += size[j]
+        alive[j] = False
+        labels[labels == j] = i
+        n -= 1
+    return labels
+
+
+def adjusted_rand_index(a: np.ndarray, b: np.ndarray) -> float:
+    """Adjusted Rand index of two labellings of the same items (Hubert & Arabie 1985): 1 for
+    identical partitions, about 0 for independent ones. Both trivial partitions give 1."""
+    _, ai = np.unique(a, return_inverse=True)
+    _, bi = np.unique(b, return_inverse=True)
+    table = np.zeros((ai.max() + 1, bi.max() + 1))
+    np.add.at(table, (ai, bi), 1)
+
+    def pairs(v: np.ndarray) -> float:
+        return float((v * (v - 1) / 2).sum())
+
+    index, rows, cols = pairs(table), pairs(table.sum(1)), pairs(table.sum(0))
+    total = len(a) * (len(a) - 1) / 2
+    expected = rows * cols / total if total else 0.0
+    top = 0.5 * (rows + cols)
+    if top == expected:
+        return 1.0
+    return (index - expected) / (top - expected)
+
+
+def level_ari(e: torch.Tensor, ids: torch.Tensor, threshold: float) -> np.ndarray:
+    """(B, L, N, D) states, (B, N) ground-truth ids (0 = background, left out) -> (L,) ARI of
+    each level's islands on the foreground columns, averaged over images."""
+    e_np, ids_np = e.float().cpu().numpy(), ids.cpu().numpy()
+    out = np.zeros(e.shape[1])
+    for b in range(len(e_np)):
+        fg = ids_np[b] > 0
+        for lvl in range(e.shape[1]):
+            out[lvl] += adjusted_rand_index(cluster(e_np[b, lvl][fg], threshold), ids_np[b][fg])
+    return out / len(e_np)
+
+
+def elapsed(t0: float) -> float:
+    """Seconds since t0 (perf_counter)."""
+    return time.perf_counter() - t0
