@@ -1,0 +1,149 @@
+"""Boltzmann machines: CD gradient, log Z, GRBM sampling, greedy stacking, short learning."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+
+from mortal.rules import boltzmann as bz
+from tests.conftest import needs_mnist
+
+
+def sig(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def test_cd1_gradient_matches_hand_computed_expectation():
+    # 2 visible, 1 hidden. The CD-1 estimate from v0 = (1, 0) is random; its expectation is
+    # E[v0 h0p - v1 h1p] over h0 ~ p(h|v0), v1 ~ p(v|h0), computed here by enumeration.
+    w, b, c = [0.5, -1.0], [0.2, -0.3], 0.1
+    v0 = [1.0, 0.0]
+    p_h0 = sig(v0[0] * w[0] + v0[1] * w[1] + c)  # sigmoid(0.6)
+    exp_w, exp_b, exp_c = [v * p_h0 for v in v0], list(v0), p_h0
+    for h0 in (0, 1):
+        ph = p_h0 if h0 else 1 - p_h0
+        pv = [sig(b[i] + w[i] * h0) for i in range(2)]
+        for v1 in itertools.product((0, 1), repeat=2):
+            pr = ph * math.prod(pv[i] if v1[i] else 1 - pv[i] for i in range(2))
+            h1p = sig(v1[0] * w[0] + v1[1] * w[1] + c)
+            for i in range(2):
+                exp_w[i] -= pr * v1[i] * h1p
+                exp_b[i] -= pr * v1[i]
+            exp_c -= pr * h1p
+    assert abs(p_h0 - 0.6456563) < 1e-6
+    rbm = bz.RBM(torch.tensor([[0.5], [-1.0]]), torch.tensor(b), torch.tensor([c]))
+    g = torch.Generator().manual_seed(0)
+    grads, _, _ = bz.cd_gradient(rbm, torch.tensor([v0]).expand(200_000, 2), 1, None, g)
+    assert torch.allclose(grads["w"][:, 0], torch.tensor(exp_w), atol=5e-3)
+    assert torch.allclose(grads["b"], torch.tensor(exp_b), atol=5e-3)
+    assert abs(float(grads["c"][0]) - exp_c) < 5e-3
+
+
+def test_exact_log_z_by_hand_and_ais_matches_it():
+    # one visible, one hidden unit: Z = 1 + e^b + e^c + e^(b + c + w)
+    rbm = bz.RBM(torch.tensor([[0.7]]), torch.tensor([-0.4]), torch.tensor([0.3]))
+    assert abs(bz.log_z_exact(rbm) - math.log(1 + math.exp(-0.4) + math.exp(0.3)
+                                              + math.exp(0.6))) < 1e-9
+    g = torch.Generator().manual_seed(0)
+    rbm = bz.RBM(torch.randn(12, 8, generator=g) * 1.5, torch.randn(12, generator=g),
+                 torch.randn(8, generator=g))
+    exact = bz.log_z_exact(rbm)
+    res = bz.ais_log_z(rbm, torch.zeros(12), bz.ais_betas(50, 200, 200), n_runs=200, seed=1)
+    assert abs(res.log_z - exact) < 0.1
+    assert res.log_z_low < exact < res.log_z_high
+    # the exact log-likelihood of the data under the same RBM, two ways
+    v = (torch.rand(50, 12, generator=g) < 0.5).float()
+    states = bz._all_states(12)
+    log_p = -bz.free_energy(rbm, states).double() - exact
+    assert abs(float(torch.logsumexp(log_p, 0))) < 1e-6  # probabilities sum to one
+    assert abs(bz.mean_log_prob(rbm, v, exact) - float((-bz.free_energy(rbm, v) - exact).mean())
+               ) < 1e-4
+
+
+def _grbm_exact_samples(m: bz.GRBM, n: int, g: torch.Generator) -> torch.Tensor:
+    """p(h) ∝ exp(c.h + sum(((mu + w h)^2 - mu^2) / (2 var))), then v | h ~ N(mu + w h, var)."""
+    hs = bz._all_states(m.w.shape[1])
+    var = m.log_var.exp()
+    means = m.mu + hs @ m.w.T
+    logits = hs @ m.c + ((means**2 - m.mu**2) / (2 * var)).sum(1)
+    pick = torch.multinomial(torch.softmax(logits, 0), n, replacement=True, generator=g)
+    return means[pick] + var.sqrt() * torch.randn(n, m.w.shape[0], generator=g)
+
+
+def test_gibbs_langevin_leaves_a_gaussian_mixture_grbm_stationary():
+    # 2 visible, 2 hidden units: a mixture of 4 Gaussians with known weights
+    m = bz.GRBM(torch.tensor([[1.5, -1.0], [0.5, 1.2]]), torch.tensor([0.2, -0.1]),
+                torch.tensor([-0.5, 0.3]), torch.log(torch.tensor([0.3, 0.5])))
+    g = torch.Generator().manual_seed(0)
+    v0 = _grbm_exact_samples(m, 20_000, g)
+    v = bz.gibbs_langevin(m, v0, steps=30, step_size=0.05, g=g)
+    ref = _grbm_exact_samples(m, 20_000, g)
+    assert torch.allclose(v.mean(0), ref.mean(0), atol=0.04)
+    assert torch.allclose(torch.cov(v.T), torch.cov(ref.T), atol=0.05)
+
+
+def test_greedy_stacking_trains_each_layer_on_the_previous_posterior():
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(400, 20, generator=g) < 0.3).float()
+    labels = torch.eye(3)[torch.randint(0, 3, (400,), generator=g)]
+    for mode in ("means", "samples"):
+        seen: list[torch.Tensor] = []
+
+        def fake_train(rbm: bz.RBM, inputs: torch.Tensor, i: int,
+                       seen: list[torch.Tensor] = seen) -> None:
+            seen.append(inputs.clone())
+            rbm.w.normal_(0, 1, generator=g)  # "training" changes the weights
+            rbm.c.normal_(0, 1, generator=g)
+
+        rbms = bz.greedy_stack(x, [10, 6, 8], fake_train, mode, top_labels=labels)
+        assert [r.n_vis for r in rbms] == [20, 10, 6 + 3] and rbms[-1].n_softmax == 3
+        assert torch.equal(seen[0], x)
+        for i in (1, 2):
+            post = torch.sigmoid(seen[i - 1] @ rbms[i - 1].w + rbms[i - 1].c)
+            if mode == "means":
+                assert torch.allclose(seen[i], post, atol=1e-6)
+            else:
+                assert set(seen[i].unique().tolist()) <= {0.0, 1.0}
+                assert abs(float(seen[i].mean() - post.mean())) < 0.03
+
+
+def test_label_free_energies_match_the_free_energy_with_labels_clamped():
+    g = torch.Generator().manual_seed(0)
+    top = bz.RBM(torch.randn(7, 5, generator=g), torch.randn(7, generator=g),
+                 torch.randn(5, generator=g), n_softmax=3)
+    pen = (torch.rand(4, 4, generator=g) < 0.5).float()
+    fe = bz.label_free_energies(top, pen)
+    for lab in range(3):
+        v = torch.cat([pen, torch.eye(3)[lab].expand(4, 3)], 1)
+        assert torch.allclose(fe[:, lab], bz.free_energy(top, v), atol=1e-5)
+
+
+@needs_mnist
+def test_rbm_reconstruction_falls_and_dbn_readout_beats_85_percent():
+    from mortal.recipes.common import load_split
+    from mortal.recipes.rbm_mnist import readout_error
+
+    torch.manual_seed(0)
+    data = load_split("mnist", None, torch.device("cpu"), limit=3000)
+    x, y = data.x_train, data.y_train
+    errors: list[float] = []
+
+    def train_layer(rbm: bz.RBM, inputs: torch.Tensor, i: int) -> None:
+        cfg = bz.RBMTraining(epochs=3, lr=0.1, momentum_switch_epoch=1, seed=i)
+        for e in range(1, 4):
+            cfg.epochs = e
+            if i == 0:  # one epoch at a time, to watch the reconstruction error
+                errors.append(bz.train_rbm(rbm, inputs, bz.RBMTraining(
+                    epochs=1, lr=0.1, momentum_start=0.9 if e > 1 else 0.5,
+                    seed=e))["recon_error"])
+        if i:
+            bz.train_rbm(rbm, inputs, cfg)
+
+    rbms = bz.greedy_stack(x, [300, 300], train_layer, "means")
+    assert errors[-1] < 0.8 * errors[0]
+    feats = [bz.layer_input(rbms[1], bz.layer_input(rbms[0], s, "means"), "means")
+             for s in (x, data.x_test[:2000])]
+    err = readout_error(feats[0], y, feats[1], data.y_test[:2000], epochs=30, seed=0)
+    assert err < 15.0
