@@ -61,6 +61,8 @@ def _load_all() -> None:
         ff_sleep_mnist,
         ff_supervised_mnist,
         ff_unsupervised_mnist,
+        glom_fashion,
+        glom_mnist,
         glom_parts,
         grbm_mnist,
         mortal_device_mnist,

@@ -48,23 +48,39 @@ class GlomRule:
     weight_decay: float = 0.0
     schedule: str = "cosine"
     tau: float = 0.1  # InfoNCE temperature
+    # also contrast with the same image's columns outside the level's attention window
+    far_negatives: bool = False
     contrast_weight: float = 0.1  # paper mode: weight of the InfoNCE regulariser
     mask_frac: float = 0.25  # paper mode: fraction of columns whose pixels are hidden
     n_classes: int = 10  # supervised mode
     dtype: str = "bfloat16"
 
 
-def info_nce(pred: torch.Tensor, target: torch.Tensor, tau: float) -> torch.Tensor:
+def info_nce(pred: torch.Tensor, target: torch.Tensor, tau: float,
+             far: torch.Tensor | None = None) -> torch.Tensor:
     """Per-level InfoNCE of predictions against targets, both (B, L, N, D): for column n of
     image b, the positive is target[b, :, n] and the negatives the same column of the other
-    images. Returns (L,) losses averaged over images and columns."""
+    images, plus (with `far`, (L, N, N) bool) the same image's columns m with far[l, n, m]:
+    those outside the level's attention window. Returns (L,) losses averaged over images and
+    columns."""
     p = F.normalize(pred.float(), dim=-1)
     t = F.normalize(target.float(), dim=-1)
-    logits = torch.einsum("blnd,clnd->lnbc", p, t) / tau  # (L, N, B, B)
-    n_levels, n_cols, b, _ = logits.shape
-    labels = torch.arange(b, device=pred.device).repeat(n_levels * n_cols)
-    ce = F.cross_entropy(logits.reshape(-1, b), labels, reduction="none")
-    return ce.view(n_levels, n_cols * b).mean(1)
+    logits = torch.einsum("blnd,clnd->blnc", p, t) / tau  # (B, L, N, B): other images
+    b, n_levels, n_cols, _ = logits.shape
+    if far is not None:
+        inside = torch.einsum("blnd,blmd->blnm", p, t) / tau  # (B, L, N, N): same image
+        logits = torch.cat([logits, inside.masked_fill(~far, float("-inf"))], -1)
+    labels = torch.arange(b, device=pred.device).view(b, 1, 1).expand(b, n_levels, n_cols)
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                         reduction="none")
+    return ce.view(b, n_levels, n_cols).mean((0, 2))
+
+
+def far_mask(model: Glom) -> torch.Tensor:
+    """(L, N, N) bool: column pairs outside each level's attention window (the diagonal and
+    global levels excluded), the same-image negatives of `info_nce`."""
+    eye = torch.eye(model.bias.shape[-1], dtype=torch.bool, device=model.bias.device)
+    return torch.isinf(model.bias) & ~eye
 
 
 def local_losses(model: Glom, cols: torch.Tensor, e: torch.Tensor, dtype: str
@@ -78,13 +94,19 @@ def local_losses(model: Glom, cols: torch.Tensor, e: torch.Tensor, dtype: str
     with autocast(e.device, dtype):
         bu = model.bottom_up(cols, e)
         td = model.top_down(e)
-    return {"bu": info_nce(bu, att, model_tau(model)),
-            "td": info_nce(td, att[:, :-1], model_tau(model))}, bu, td, att
+    tau, far = model_tau(model), far_mask(model) if model_far(model) else None
+    return {"bu": info_nce(bu, att, tau, far),
+            "td": info_nce(td, att[:, :-1], tau, None if far is None else far[:-1])}, bu, td, att
 
 
 def model_tau(model: Glom) -> float:
     """The InfoNCE temperature the training loop set on the model (default 0.1)."""
     return float(getattr(model, "tau", 0.1))
+
+
+def model_far(model: Glom) -> bool:
+    """Whether the training loop asked for same-image far negatives (default no)."""
+    return bool(getattr(model, "far_negatives", False))
 
 
 def local_step(model: Glom, x: torch.Tensor, rule: GlomRule, opt: torch.optim.Optimizer
@@ -140,8 +162,10 @@ def paper_step(model: Glom, head: nn.Module, x: torch.Tensor, y: torch.Tensor | 
             att = model.consensus(e)
             bu, td = model.bottom_up(cols, e), model.top_down(e)
             if rule.mode == "paper":
-                reg = reg + info_nce(bu, att.detach(), rule.tau).mean() \
-                    + info_nce(td, att[:, :-1].detach(), rule.tau).mean()
+                far = far_mask(model) if rule.far_negatives else None
+                reg = reg + info_nce(bu, att.detach(), rule.tau, far).mean() \
+                    + info_nce(td, att[:, :-1].detach(), rule.tau,
+                               None if far is None else far[:-1]).mean()
             e = update(e, bu, td, att, model.spec.weights)
         if rule.mode == "paper":
             recon = head(e[:, 0])  # (B, N, C p^2)
@@ -179,6 +203,7 @@ def train(model: Glom, head: nn.Module, batch: Callable[[int], tuple[torch.Tenso
     if rule.mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {rule.mode!r}")
     model.tau = rule.tau
+    model.far_negatives = rule.far_negatives
     params = list(model.parameters()) + list(head.parameters())
     opt = make_optimizer("adam", params, rule.lr, rule.weight_decay)
     g = torch.Generator().manual_seed(seed + 17)

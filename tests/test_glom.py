@@ -1,0 +1,153 @@
+"""GLOM: the update rule by hand, attention, gradient locality, the part-whole data, ARI."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mortal.arch.glom import (
+    Glom,
+    GlomSpec,
+    attention_weights,
+    consensus,
+    locality_bias,
+    update,
+)
+from mortal.data import parts
+from mortal.rules import glom as rule
+
+
+def test_update_hand_computed_two_columns_two_levels():
+    # e: (B=1, L=2, N=2, D=2). Level 0: col0 = x, col1 = y; level 1: both columns = x.
+    x, y = [1.0, 0.0], [0.0, 1.0]
+    e = torch.tensor([[[x, y], [x, x]]])
+    bu = torch.tensor([[[y, y], [y, x]]])
+    td = torch.tensor([[[x, x]]])  # level 0 only: the top level has no top-down term
+    bias = locality_bias((1, 2), (0.0, 0.0))
+    att = consensus(e, 10.0, bias)
+    # With self excluded, each of 2 columns attends only to the other one: a swap.
+    assert att.tolist() == [[[y, x], [x, x]]]
+    out = update(e, bu, td, att, (1.0, 1.0, 1.0, 1.0))
+    # level 0, col 0: (x + y + x + y) / 4 = (1/2, 1/2) -> unit (1/sqrt2, 1/sqrt2)
+    # level 0, col 1: (y + y + x + x) / 4 -> the same
+    # level 1, col 0: (x + y + x) / 3 = (2/3, 1/3) -> (2, 1) / sqrt5
+    # level 1, col 1: (x + x + x) / 3 = x
+    r, s = 1 / math.sqrt(2), 1 / math.sqrt(5)
+    expected = [[[[r, r], [r, r]], [[2 * s, s], [1.0, 0.0]]]]
+    assert torch.allclose(out, torch.tensor(expected), atol=1e-6)
+    # weights (prev, bu, td, att) = (2, 0, 0, 1): level 1, col 0 = (2x + x) / 3 = x
+    out = update(e, bu, td, att, (2.0, 0.0, 0.0, 1.0))
+    assert torch.allclose(out[0, 1, 0], torch.tensor(x))
+    assert torch.allclose(out[0, 0, 0], torch.tensor([2.0, 1.0]) / math.sqrt(5))
+
+
+def test_attention_sums_to_one_and_respects_locality():
+    g = torch.Generator().manual_seed(0)
+    grid = (3, 4)
+    bias = locality_bias(grid, (1.0, 1.5, 0.0))
+    e = torch.nn.functional.normalize(torch.randn(2, 3, 12, 5, generator=g), dim=-1)
+    w = attention_weights(e, 5.0, bias)  # (B, L, N, N)
+    assert torch.allclose(w.sum(-1), torch.ones(2, 3, 12), atol=1e-6)
+    assert (torch.diagonal(w, dim1=-2, dim2=-1) == 0).all()  # other columns only
+    ys, xs = torch.meshgrid(torch.arange(3), torch.arange(4), indexing="ij")
+    xy = torch.stack([xs.flatten(), ys.flatten()], 1).float()
+    dist = torch.cdist(xy, xy)
+    off = ~torch.eye(12, dtype=torch.bool)
+    assert (w[:, 0][:, dist > 1.0] == 0).all() and (w[:, 0][:, (dist <= 1.0) & off] > 0).all()
+    assert (w[:, 1][:, dist > 1.5] == 0).all() and (w[:, 1][:, (dist <= 1.5) & off] > 0).all()
+    assert (w[:, 2][:, off] > 0).all()  # radius 0: every other column
+    # Weights follow similarity: a column attends most to its most similar allowed neighbour.
+    sim = e @ e.transpose(-1, -2)
+    sim = sim.masked_fill(~off, -2)[:, 2]
+    assert torch.equal(w[:, 2].argmax(-1), sim.argmax(-1))
+
+
+def small_glom(levels: int = 3) -> Glom:
+    torch.manual_seed(0)
+    return Glom(GlomSpec(image=(1, 8, 8), patch=4, n_levels=levels, dim=8, hidden=16,
+                         radius=(0.0,) * levels))
+
+
+def untouched(p: torch.Tensor) -> bool:
+    """No gradient reached this parameter (none at all, or exactly zero)."""
+    return p.grad is None or bool((p.grad == 0).all())
+
+
+def test_local_mode_gradients_stay_in_their_net():
+    model = small_glom(3)
+    x = torch.rand(4, 1, 8, 8)
+    cols = model.columns(x)
+    e = model.init_state(cols)
+    losses, *_ = rule.local_losses(model, cols, e, "float32")
+    # Level 2's bottom-up loss reaches the bottom-up net of level 2 (stacked index 1) only.
+    losses["bu"][2].backward(retain_graph=True)
+    grads = model.bottom.w1.grad
+    assert grads[1].abs().sum() > 0 and grads[0].abs().sum() == 0
+    assert all(untouched(p) for p in [*model.bottom0.parameters(), *model.top.parameters()])
+    model.zero_grad(set_to_none=True)
+    # Level 0's top-down loss reaches the top-down net of level 0 only.
+    losses["td"][0].backward(retain_graph=True)
+    assert model.top.w1.grad[0].abs().sum() > 0 and model.top.w1.grad[1].abs().sum() == 0
+    assert all(untouched(p) for p in [*model.bottom0.parameters(), *model.bottom.parameters()])
+    model.zero_grad(set_to_none=True)
+    losses["bu"][0].backward()
+    assert model.bottom0.w1.grad.abs().sum() > 0
+    assert all(untouched(p) for p in [*model.bottom.parameters(), *model.top.parameters()])
+
+
+def test_info_nce_hand_computed():
+    # Two images, one level, one column; predictions equal their targets (unit vectors x, y).
+    t = torch.tensor([[[[1.0, 0.0]]], [[[0.0, 1.0]]]])  # (B=2, L=1, N=1, D=2)
+    loss = rule.info_nce(t, t, tau=1.0)
+    # logits [[1, 0], [0, 1]]: -log(e / (e + 1)) for each image
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-1)), rel=1e-6)
+
+
+def test_parts_ids_agree_with_pixels():
+    b = parts.make_parts(16, seed=3, ambiguity=0.5)
+    fg = b.images[:, 0] > 0
+    assert torch.equal(fg, b.part_ids > 0) and torch.equal(fg, b.object_ids > 0)
+    assert torch.equal(fg, b.part_types >= 0)
+    for i in range(16):
+        for pid in b.part_ids[i].unique().tolist():
+            if pid == 0:
+                continue
+            mask = b.part_ids[i] == pid
+            k, p = divmod(pid - 1, 3)
+            assert (b.object_ids[i][mask] == k + 1).all()  # a part lies in one object
+            shape = parts.TEMPLATES[int(b.classes[i, k])][p][2]
+            assert (b.part_types[i][mask] == shape).all()
+            a, bb = parts.part_axes(shape, 0.5)
+            # the area is pi a b up to the +-10 % size jitter and pixelisation
+            assert 0.6 * math.pi * a * bb < mask.sum() < 1.45 * math.pi * a * bb
+    # Every image shows all 6 parts; same seed, same images; a new seed, new images.
+    assert all(len(b.part_ids[i].unique()) == 7 for i in range(16))
+    assert torch.equal(parts.make_parts(16, seed=3, ambiguity=0.5).images, b.images)
+    assert not torch.equal(parts.make_parts(16, seed=4, ambiguity=0.5).images, b.images)
+    assert parts.max_overlap_free_scale() > 1 + parts.SCALE_JITTER  # parts never touch
+
+
+def test_column_ids_hand_computed():
+    ids = torch.zeros(1, 4, 4, dtype=torch.long)
+    ids[0, :2, :2] = 3  # top-left patch all part 3
+    ids[0, 0, 2] = 5  # top-right patch: 1 of 4 pixels -> 25 %: kept at min_fg 0.25
+    ids[0, 3, 3] = 2
+    ids[0, 2, 2] = 1  # bottom-right: a tie between 1 and 2 -> the smaller id
+    assert parts.column_ids(ids, 2).tolist() == [[3, 5, 0, 1]]
+    assert parts.column_ids(ids, 2, min_fg=0.5).tolist() == [[3, 0, 0, 1]]
+
+
+def test_ari_and_clustering_hand_computed():
+    a = np.array([0, 0, 1, 1])
+    b = np.array([0, 0, 1, 2])
+    # pairs: together in both 1; rows 2; cols 1; of 6: expected 1/3; max 1.5 -> 4/7
+    assert rule.adjusted_rand_index(a, b) == pytest.approx(4 / 7)
+    assert rule.adjusted_rand_index(a, np.array([5, 5, 2, 2])) == 1.0  # names do not matter
+    assert rule.adjusted_rand_index(np.array([0, 1, 0, 1]), a) == pytest.approx(-0.5)
+    emb = np.array([[1.0, 0.0], [0.99, 0.1], [0.0, 1.0], [0.1, 0.99]])
+    labels = rule.cluster(emb, threshold=0.9)
+    assert labels[0] == labels[1] and labels[2] == labels[3] and labels[0] != labels[2]
+    assert len(set(rule.cluster(emb, threshold=-1.0).tolist())) == 1
