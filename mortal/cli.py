@@ -32,6 +32,7 @@ def _latest_run(recipe: str) -> Path | None:
 def _cmd_run(args: argparse.Namespace) -> int:
     import torch
 
+    from mortal import distributed
     from mortal.recipes import get
     from mortal.runs import Run
 
@@ -39,6 +40,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     overrides = configs.load_toml(args.config) if args.config else {}
     overrides.update(configs.parse_sets(args.set or []))
     cfg = configs.build(recipe.config, overrides)
+    nproc = args.nproc or args.pipeline
+    if nproc > 1 and not distributed.launched():  # start the processes, this one waits
+        return distributed.relaunch(nproc, args.argv)
+    if distributed.init(args.pipeline):
+        distributed.check_same_config(recipe.name, configs.to_dict(cfg))
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.out:
@@ -49,10 +55,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path("runs") / f"{recipe.name}-{stamp}"
     run = Run(out, recipe.name, configs.to_dict(cfg), resume=args.resume,
-              dtype=getattr(cfg, "dtype", None), quiet=args.quiet)
-    if not args.quiet:
+              dtype=getattr(cfg, "dtype", None), quiet=args.quiet or not distributed.is_main())
+    if not run.quiet:
         print(f"{recipe.name}: {recipe.setting}\nrun directory: {out}", file=sys.stderr)
     results = run.finish(recipe.train(cfg, run))
+    if not distributed.is_main():
+        return 0
     paper = results["paper_test_error_pct"]
     print(json.dumps(results, indent=2))
     line = f"{recipe.name}: test error {results['test_error_pct']:.2f} %"
@@ -108,6 +116,11 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     r.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--nproc", type=int, default=0, metavar="N",
+                   help="data parallel over N local processes (launched through torchrun)")
+    r.add_argument("--pipeline", type=int, default=0, metavar="STAGES",
+                   help="FF only: one block of consecutive layers per process, data streaming "
+                        "forward (STAGES processes; implies --nproc STAGES)")
     r.set_defaults(func=_cmd_run)
 
     rc = sub.add_parser("recipes", help="list recipes with their paper numbers")
@@ -138,12 +151,21 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the sub-command, turning known errors into one clear message."""
+    from torch.distributed import DistError
+
+    from mortal import distributed
     from mortal.data import DataError
     from mortal.runs import NonFiniteError
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
+    except DistError as e:
+        print(f"mortal: lost contact with another process of this distributed run ({e}). "
+              "Resume from the last checkpoint with --resume.", file=sys.stderr)
+        return 3
     except (configs.ConfigError, DataError, NonFiniteError, FileNotFoundError) as e:
         kind = {configs.ConfigError: "config error", DataError: "data error",
                 NonFiniteError: "training stopped"}.get(type(e), "error")
@@ -153,3 +175,5 @@ def main(argv: list[str] | None = None) -> int:
         print("mortal: interrupted; resume with --resume (the last checkpoint is intact)",
               file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from mortal import distributed
+from mortal.config import ConfigError
 from mortal.loop import autocast, batches, lr_factor, make_optimizer, set_lr
 from mortal.runs import Run, check_finite
 
@@ -91,7 +93,10 @@ def train(
     With `data.x_val`, the weights kept are those of the epoch with the lowest validation error
     (its labels may be as noisy as the training labels: under symmetric noise the noisy error is
     an increasing affine function of the true one). `min_steps` raises the number of epochs of a
-    small training set so it still gets that many updates."""
+    small training set so it still gets that many updates.
+
+    Data parallel under torch.distributed: each process trains on its slice of every batch,
+    gradients are all-reduced as autograd produces them, rank 0 evaluates."""
     n = len(data.x_train)
     batch_size = min(batch_size, n)
     steps_per_epoch = n // batch_size
@@ -102,6 +107,11 @@ def train(
         def loss_fn(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(logits, data.y_train[idx])
     opt = make_optimizer(optimizer, model.parameters(), lr, weight_decay)
+    if distributed.pipeline_stages():
+        raise ConfigError("--pipeline is for FF layer stacks; backprop needs the whole net in "
+                          "every process: use --nproc N (data parallel)")
+    averager = distributed.GradAverager() if distributed.data_parallel() else None
+    sync_grads = averager.hook(list(model.parameters())) if averager else None
     constrained = [m for m in model.modules() if hasattr(m, "constrain_")]
     select = data.x_val is not None
     best = {"val_error_pct": float("inf"), "epoch": 0, "model": None}
@@ -121,6 +131,8 @@ def train(
             for i, idx in enumerate(bar):
                 step = epoch * steps_per_epoch + i
                 set_lr(opt, lr * lr_factor(schedule, step, total))
+                if sync_grads is not None:
+                    idx = distributed.shard(idx)  # this process's slice of the batch
                 x = data.x_train[idx]
                 if augment is not None:
                     x = augment(x)
@@ -129,6 +141,8 @@ def train(
                 loss = loss_fn(logits.float(), idx)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if sync_grads is not None:
+                    sync_grads()
                 opt.step()
                 if max_norm:
                     max_norm_(model, max_norm)
@@ -138,11 +152,15 @@ def train(
                 check_finite({"loss": loss}, step, "the backprop network")
                 if i % 100 == 0:
                     bar.set_postfix(loss=f"{loss.item():.4f}")
+        if averager is not None:
+            loss_sum = distributed.all_sum(loss_sum) / distributed.world()
         row = {"epoch": epoch + 1, "train_loss": float(loss_sum) / steps_per_epoch}
         if (epoch + 1) % test_every == 0 or epoch + 1 == epochs:
-            row["test_error_pct"] = error_pct(model, data.x_test, data.y_test, dtype)
+            row["test_error_pct"] = distributed.from_main(
+                lambda: error_pct(model, data.x_test, data.y_test, dtype))
         if select:
-            row["val_error_pct"] = error_pct(model, data.x_val, data.y_val, dtype)
+            row["val_error_pct"] = distributed.from_main(
+                lambda: error_pct(model, data.x_val, data.y_val, dtype))
             if row["val_error_pct"] < best["val_error_pct"]:
                 best = {"val_error_pct": row["val_error_pct"], "epoch": epoch + 1,
                         "model": copy.deepcopy(model.state_dict())}
@@ -159,13 +177,15 @@ def train(
             run.save(epoch + 1, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                  "best": best})
             saved_at = time.perf_counter()
+    if averager is not None:
+        averager.close()
     out: dict[str, float] = {}
     if select and best["model"] is not None:
         model.load_state_dict(best["model"])
         out = {"best_epoch": best["epoch"], "val_error_pct": best["val_error_pct"]}
-    return {
+    return distributed.from_main(lambda: {
         "test_error_pct": error_pct(model, data.x_test, data.y_test, dtype),
         "train_error_pct": error_pct(model, data.x_train, data.y_train, dtype),
         "epochs_run": epochs,
         **out,
-    }
+    })

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from mortal import distributed
 from mortal.data.negatives import (
     embed_label,
     embed_neutral,
@@ -139,6 +140,20 @@ class FFNet(nn.Module):
         ]
         # Running mean activity per unit, for peer normalisation; created lazily (shape of h).
         self.peer_means: list[torch.Tensor | None] = [None] * len(self.layers)
+        # Scaling out (mortal.distributed): gradients averaged across data-parallel processes,
+        # or this process's block of layers in a pipeline. None: one process trains them all.
+        self.grads: distributed.GradAverager | None = None
+        self.pipe: distributed.Pipe | None = None
+
+    def owned(self) -> range:
+        """The layers this process trains: all of them, or its pipeline stage's block."""
+        return range(len(self.layers)) if self.pipe is None else range(self.pipe.lo, self.pipe.hi)
+
+    def _update(self, i: int) -> None:
+        """Step layer i's optimiser on its gradients, then let the layer project its weights."""
+        self.optimizers[i].step()
+        if hasattr(self.layers[i], "constrain_"):  # e.g. a device's conductance levels
+            self.layers[i].constrain_()
 
     def threshold(self, h: torch.Tensor) -> float:
         """The layer's threshold: `threshold` per unit, signed like the goodness."""
@@ -149,26 +164,39 @@ class FFNet(nn.Module):
         for opt in self.optimizers:
             set_lr(opt, lr)
 
-    def train_step(self, x_pos: torch.Tensor, x_neg: torch.Tensor, phase: str = "both"
-                   ) -> list[dict[str, torch.Tensor]]:
+    def train_step(self, x_pos: torch.Tensor | None, x_neg: torch.Tensor | None,
+                   phase: str = "both") -> list[dict[str, torch.Tensor]]:
         """One FF update of every layer on a batch of positive and negative inputs.
 
         Positive and negative examples go through each layer together (one matmul); each
         layer's loss is backpropagated only into that layer, whose optimiser then steps.
         phase="pos" or "neg" learns from one kind of data only (the positive and negative
         phases separated in time, "sleep"); that needs the threshold loss, whose two halves
-        are separate terms."""
+        are separate terms.
+
+        Scaled out: with `grads`, each layer's gradient all-reduce runs while the next layer
+        computes, and the layer steps once it is done (a layer's update never changes what the
+        next layer sees: its input is the activity from before the update). With `pipe`, only
+        the stage's layers are trained: later stages receive their input from the previous
+        stage (x_pos and x_neg are then None) and all but the last send their output on.
+        Returns the stats of the layers trained here."""
         if phase not in ("both", "pos", "neg"):
             raise ValueError(f"phase must be both, pos or neg, not {phase!r}")
         if phase != "both" and self.rule.loss != "threshold":
             raise ValueError("separate positive and negative phases need loss='threshold': the "
                              "pairwise loss compares each positive with its negative")
-        inputs = {"both": lambda: torch.cat([x_pos, x_neg]), "pos": lambda: x_pos,
-                  "neg": lambda: x_neg}[phase]()
-        n = len(x_pos) if phase == "both" else 0
-        x = normalise(inputs)
+        if self.pipe is not None and not self.pipe.first:
+            x = self.pipe.recv()  # the previous stage's normalised activity, pos and neg rows
+            n = len(x) // 2 if phase == "both" else 0
+        else:
+            inputs = {"both": lambda: torch.cat([x_pos, x_neg]), "pos": lambda: x_pos,
+                      "neg": lambda: x_neg}[phase]()
+            n = len(x_pos) if phase == "both" else 0
+            x = normalise(inputs)
         stats = []
-        for i, (layer, opt) in enumerate(zip(self.layers, self.optimizers, strict=True)):
+        reducing = None  # (layer, all-reduce handles) of the layer whose gradients are in flight
+        for i in self.owned():
+            layer, opt = self.layers[i], self.optimizers[i]
             x = x.detach()  # no gradient crosses a layer boundary
             with autocast(x.device, self.rule.dtype):
                 h = layer(x)
@@ -187,6 +215,8 @@ class FFNet(nn.Module):
             if self.rule.peer_weight > 0 and phase != "neg":  # peer statistics: positive data
                 pos_h = h if phase == "pos" else h[:n]
                 batch_mean = pos_h.float().flatten(1).mean(0)
+                if self.grads is not None:  # the mean of the global batch, as one process has
+                    batch_mean = self.grads.mean(batch_mean)
                 prev = self.peer_means[i]
                 if prev is None:
                     prev = torch.full_like(batch_mean, batch_mean.mean().item())
@@ -194,9 +224,14 @@ class FFNet(nn.Module):
                 total = loss + self.rule.peer_weight * peer
             opt.zero_grad(set_to_none=True)
             total.backward()
-            opt.step()
-            if hasattr(layer, "constrain_"):  # e.g. a device's conductance levels
-                layer.constrain_()
+            if self.grads is None:
+                self._update(i)
+            else:  # start this layer's all-reduce; finish the previous layer's and step it
+                handles = self.grads.start(layer.parameters())
+                if reducing is not None:
+                    self.grads.finish(reducing[1])
+                    self._update(reducing[0])
+                reducing = (i, handles)
             with torch.no_grad():
                 if phase == "pos":
                     acc = (g > theta).float().mean()
@@ -208,6 +243,11 @@ class FFNet(nn.Module):
                     acc = 0.5 * ((g[:n] > theta).float().mean() + (g[n:] <= theta).float().mean())
                 stats.append({"loss": loss.detach(), "acc": acc})
                 x = normalise(h.detach())
+        if reducing is not None:
+            self.grads.finish(reducing[1])
+            self._update(reducing[0])
+        if self.pipe is not None and not self.pipe.last:
+            self.pipe.send(x)
         return stats
 
     @torch.no_grad()
@@ -372,13 +412,39 @@ def cooldown_factor(epoch_frac: float) -> float:
     return min(1.0, 2.0 * (1.0 - epoch_frac))
 
 
+def _hard_negatives_everywhere(net: FFNet, x: torch.Tensor, y: torch.Tensor, cfg: FFTraining,
+                               g: torch.Generator) -> torch.Tensor:
+    """The hard-negative table, computed once (by rank 0 when distributed) and given to every
+    process together with the generator state it leaves behind."""
+    table, state = distributed.from_main(
+        lambda: (hard_negative_table(net, x, y, cfg, g), g.get_state()))
+    g.set_state(state)
+    return table
+
+
+def _scale_out(net: FFNet) -> None:
+    """Under torch.distributed, make `net` a pipeline stage or a data-parallel replica."""
+    net.pipe = net.grads = None
+    if distributed.pipeline_stages():
+        net.pipe = distributed.Pipe(len(net.layers))
+    elif distributed.data_parallel():
+        net.grads = distributed.GradAverager()
+
+
 def train(net: FFNet, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
           y_test: torch.Tensor, cfg: FFTraining, run: Run, progress: bool = True) -> dict:
     """Supervised FF: positives carry the true label, negatives a wrong one. Logs per-layer
     loss and pos/neg accuracy each epoch, test error every `eval_every` epochs, checkpoints
-    each epoch, and returns the final test errors of both classification modes."""
+    each epoch, and returns the final test errors of both classification modes.
+
+    Under torch.distributed (mortal.distributed) the batches are the same; data-parallel
+    processes each train on their slice of every batch, pipeline stages on their layers; rank 0
+    evaluates and the epoch's metrics are reduced, so rank 0 logs what one process would."""
     n_layers = len(net.layers)
     steps_per_epoch = len(x_train) // cfg.batch_size
+    _scale_out(net)
+    first = net.pipe is None or net.pipe.first  # the stage that makes the input batches
+    owned = net.owned()
     start, state = run.resume_state()
     y_neg_table = None
     if state is not None:
@@ -392,7 +458,7 @@ def train(net: FFNet, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torc
         if (cfg.supervised and cfg.hard_negatives_every and epoch > 0
                 and epoch % cfg.hard_negatives_every == 0):
             with run.timed():
-                y_neg_table = hard_negative_table(net, x_train, y_train, cfg, g)
+                y_neg_table = _hard_negatives_everywhere(net, x_train, y_train, cfg, g)
         order = epoch_order(len(x_train), cfg.seed, epoch, x_train.device)
         sums = torch.zeros(n_layers, 2)
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
@@ -406,16 +472,25 @@ def train(net: FFNet, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torc
                     net.set_lr(net.rule.lr * lr_factor(cfg.schedule, step,
                                                        cfg.epochs * steps_per_epoch))
                 idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-                x_pos, x_neg = positive_negative(x_train, y_train, idx, cfg, g, y_neg_table)
+                x_pos = x_neg = None
+                if first:
+                    x_pos, x_neg = positive_negative(x_train, y_train, idx, cfg, g, y_neg_table)
+                if net.grads is not None:  # this process's slice of the global batch
+                    x_pos, x_neg = distributed.shard(x_pos), distributed.shard(x_neg)
                 phase = ("both" if not cfg.sleep_block else
                          "pos" if (step // cfg.sleep_block) % 2 == 0 else "neg")
                 stats = net.train_step(x_pos, x_neg, phase)
                 step_stats = torch.stack([torch.stack([s["loss"], s["acc"]]) for s in stats])
-                check_finite({f"layer {j + 1} loss": step_stats[j, 0] for j in range(n_layers)},
-                             step, "the FF network")
-                sums += step_stats
+                check_finite({f"layer {j + 1} loss": step_stats[k, 0]
+                              for k, j in enumerate(owned)}, step, "the FF network")
+                sums[owned.start : owned.stop] += step_stats
                 if i % 50 == 0:
                     bar.set_postfix(loss=" ".join(f"{v:.3f}" for v in step_stats[:, 0].tolist()))
+        if net.pipe is not None:  # each stage filled its own rows; rank 0 gets the net
+            distributed.all_sum(sums)
+            distributed.share_layers(net, net.pipe)
+        elif net.grads is not None:
+            sums = distributed.all_sum(sums) / distributed.world()
         means = sums / steps_per_epoch
         row: dict = {"epoch": epoch + 1, "seconds": round(run.train_seconds, 2)}
         for j in range(n_layers):
@@ -423,20 +498,17 @@ def train(net: FFNet, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torc
             row[f"ff_acc_layer{j + 1}"] = float(means[j, 1])
         final = None
         if epoch + 1 == cfg.epochs:  # the final evaluation, both modes, logged with the epoch
-            final = evaluate(net, x_train, y_train, x_test, y_test, cfg)
+            final = distributed.from_main(
+                lambda: evaluate(net, x_train, y_train, x_test, y_test, cfg))
             if cfg.supervised:
                 row["test_error_pct"] = final["test_error_goodness_pct"]
             row["test_error_softmax_pct"] = final["test_error_softmax_pct"]
         elif (epoch + 1) % cfg.eval_every == 0 and cfg.supervised:
-            pred = net.goodness_scores(x_test, cfg.n_classes).argmax(1)
-            row["test_error_pct"] = error_pct(pred, y_test)
+            row["test_error_pct"] = distributed.from_main(lambda: error_pct(
+                net.goodness_scores(x_test, cfg.n_classes).argmax(1), y_test))
         elif (epoch + 1) % cfg.eval_every == 0:  # a quick softmax (2 epochs) to watch progress
-            head = train_softmax(net.features(x_train, cfg.n_classes, cfg.softmax_skip,
-                                              neutral_label=False), y_train, cfg.n_classes,
-                                 2, cfg.softmax_lr, seed=cfg.seed)
-            pred = softmax_predict(head, net.features(x_test, cfg.n_classes, cfg.softmax_skip,
-                                                      neutral_label=False))
-            row["test_error_softmax_pct"] = error_pct(pred, y_test)
+            row["test_error_softmax_pct"] = distributed.from_main(
+                lambda: quick_softmax_error(net, x_train, y_train, x_test, y_test, cfg))
         run.log(**row)
         if progress:
             msg = f"epoch {epoch + 1}/{cfg.epochs}: layer losses " + " ".join(
@@ -454,7 +526,19 @@ def train(net: FFNet, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torc
         })
         if final is not None:
             return final
-    return evaluate(net, x_train, y_train, x_test, y_test, cfg)  # resumed after the last epoch
+    return distributed.from_main(  # resumed after the last epoch
+        lambda: evaluate(net, x_train, y_train, x_test, y_test, cfg))
+
+
+def quick_softmax_error(net: FFNet, x_train: torch.Tensor, y_train: torch.Tensor,
+                        x_test: torch.Tensor, y_test: torch.Tensor, cfg: FFTraining) -> float:
+    """Test error of a softmax trained for 2 epochs on unsupervised features: cheap progress."""
+    head = train_softmax(net.features(x_train, cfg.n_classes, cfg.softmax_skip,
+                                      neutral_label=False), y_train, cfg.n_classes,
+                         2, cfg.softmax_lr, seed=cfg.seed)
+    pred = softmax_predict(head, net.features(x_test, cfg.n_classes, cfg.softmax_skip,
+                                              neutral_label=False))
+    return error_pct(pred, y_test)
 
 
 def evaluate(net: FFNet, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,

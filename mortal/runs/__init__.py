@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from mortal import distributed
 from mortal.config import ConfigError
 from mortal.runs import checkpoint as ckpt
 
@@ -96,6 +97,8 @@ def environment(dtype: str | None = None) -> dict[str, Any]:
         "cuda": torch.cuda.is_available(),
         "dtype": dtype,
         "argv": sys.argv,
+        **({"processes": distributed.world(), "pipeline_stages": distributed.pipeline_stages()}
+           if distributed.active() else {}),
     }
 
 
@@ -136,8 +139,11 @@ class Run:
         self.resume = resume
         self.quiet = quiet
         self.train_seconds = 0.0
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.dir / "metrics.jsonl"
+        self.writes = distributed.is_main()  # under torch.distributed only rank 0 writes
+        if not self.writes:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
         cfg_path = self.dir / "config.json"
         if resume and cfg_path.exists():
             old = json.loads(cfg_path.read_text())
@@ -168,8 +174,9 @@ class Run:
     def done(self) -> dict[str, Any] | None:
         """The results a stage recorded with `finish_stage`, when resuming; else None."""
         path = self.dir / self.STAGE_DONE
-        if self.resume and path.exists():
-            out = json.loads(path.read_text())
+        out = distributed.from_main(
+            lambda: json.loads(path.read_text()) if self.resume and path.exists() else None)
+        if out is not None:
             self.train_seconds = float(out.get("train_seconds", 0.0))
             return out
         return None
@@ -182,12 +189,15 @@ class Run:
     def finish_stage(self, results: dict[str, Any]) -> dict[str, Any]:
         """Record a stage's results (with its training time) so a resumed run can skip it."""
         results = {**results, "train_seconds": round(self.train_seconds, 2)}
-        _write_json(self.dir / self.STAGE_DONE, results)
+        if self.writes:
+            _write_json(self.dir / self.STAGE_DONE, results)
         return results
 
     # -- metrics ---------------------------------------------------------------------------
     def log(self, **metrics: Any) -> None:
         """Append one line to metrics.jsonl (floats are rounded for readability)."""
+        if not self.writes:
+            return
         row = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -208,6 +218,8 @@ class Run:
     # -- checkpoints -----------------------------------------------------------------------
     def save(self, epoch: int, state: dict[str, Any]) -> None:
         """Atomically checkpoint `state` after `epoch` (with RNG, clock and metrics position)."""
+        if not self.writes:
+            return
         n_lines = len(self.metrics())
         ckpt.save(
             self.dir / self.CHECKPOINT,
@@ -223,11 +235,14 @@ class Run:
     def resume_state(self) -> tuple[int, dict[str, Any] | None]:
         """(epochs done, saved state) when resuming from a checkpoint, else (0, None)."""
         path = self.dir / self.CHECKPOINT
-        if not self.resume or not path.exists():
+        saved = distributed.from_main(  # rank 0 reads, every rank gets the same state
+            lambda: ckpt.load(path) if self.resume and path.exists() else None)
+        if saved is None:
             return 0, None
-        saved = ckpt.load(path)
         ckpt.set_rng_state(saved["rng"])
         self.train_seconds = float(saved["train_seconds"])
+        if not self.writes:
+            return int(saved["epoch"]), saved["state"]
         rows = self.metrics()[: int(saved["metrics_lines"])]
         with open(self.metrics_path, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
@@ -241,6 +256,8 @@ class Run:
         missing = [k for k in REQUIRED_RESULT_KEYS if k not in results]
         if missing:
             raise KeyError(f"results lack {missing}")
+        if not self.writes:
+            return results
         _write_json(self.dir / "results.json", results)
         from mortal.runs.report import render
 
