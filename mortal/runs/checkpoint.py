@@ -51,7 +51,9 @@ def save(path: str | Path, state: dict[str, Any]) -> None:
     path = Path(path)
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _flatten(state, "", tensors)
-    tmp = path.with_name(path.name + ".tmp")
+    # One temporary name per process, so concurrent writers of the same file (the ranks of a
+    # distributed run caching one teacher) cannot rename each other's half-written file.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     save_file(tensors, str(tmp), metadata={"mortal_skeleton": json.dumps(skeleton)})
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
