@@ -52,7 +52,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     recipe = get(args.recipe)
     sets = {"dtype": args.dtype}
     if args.batch_size:

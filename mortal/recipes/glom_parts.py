@@ -18,6 +18,7 @@ Pictures: every level, every iteration, PCA to RGB with island boundaries (PNG a
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -50,26 +51,26 @@ class Config:
     dim: int = 64
     hidden: int = 128
     pos_freqs: int = 4
-    weights: tuple[float, ...] = (1.0, 1.0, 1.0, 3.0)  # previous, bottom-up, top-down, attention
-    beta: float = 25.0
-    radius: tuple[float, ...] = (1.5, 3.0, 6.0, 0.0)
-    iterations: int = 6
+    weights: tuple[float, ...] = (1.0, 0.3, 0.3, 3.0)  # previous, bottom-up, top-down, attention
+    beta: float = 3.0
+    radius: tuple[float, ...] = (1.0, 1.5, 2.5, 3.5)
+    iterations: int = 10  # per training step
+    eval_iterations: int = 20  # when measuring and drawing
     # learning
-    epochs: int = 10
+    epochs: int = 4
     steps_per_epoch: int = 100
     batch_size: int = 32
     lr: float = 1e-3
     tau: float = 0.1
+    far_negatives: bool = True  # InfoNCE also against the image's columns outside the window
     contrast_weight: float = 0.1
     mask_frac: float = 0.25
     dtype: Literal["bfloat16", "float32"] = "bfloat16"
     # measuring
-    part_level: int = 1
-    object_level: int = 3
     thresholds: tuple[float, ...] = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
     n_val: int = 64
     n_test: int = 256
-    n_probe_train: int = 1000
+    n_probe_train: int = 500
     n_pictures: int = 3
     device: str = "auto"
     seed: int = 0
@@ -81,11 +82,9 @@ class Config:
         check(len(self.radius) == self.n_levels, "radius needs one value per level", p)
         check(len(self.weights) == 4 and all(w >= 0 for w in self.weights),
               "weights are 4 values >= 0: previous, bottom-up, top-down, attention", p)
-        check(0 <= self.part_level < self.n_levels and 0 <= self.object_level < self.n_levels,
-              "part_level and object_level must be levels (0 .. n_levels-1)", p)
         check(self.epochs >= 1 and self.steps_per_epoch >= 1 and self.batch_size >= 2,
               "epochs, steps_per_epoch >= 1 and batch_size >= 2 (InfoNCE needs negatives)", p)
-        check(self.iterations >= 1, "iterations must be >= 1", p)
+        check(self.iterations >= 1 and self.eval_iterations >= 1, "iterations must be >= 1", p)
         check(self.lr > 0 and self.tau > 0 and self.beta > 0, "lr, tau, beta must be > 0", p)
         check(0 < self.mask_frac < 1, "mask_frac must be in (0, 1)", p)
         check(self.n_val >= 1 and self.n_test >= 1 and self.n_probe_train >= 8,
@@ -106,6 +105,7 @@ def rule_of(cfg: Any, n_classes: int) -> rule_mod.GlomRule:
     """The GlomRule a config describes (shared by the GLOM recipes)."""
     return rule_mod.GlomRule(mode=cfg.mode, iterations=cfg.iterations, lr=cfg.lr, tau=cfg.tau,
                              contrast_weight=cfg.contrast_weight, mask_frac=cfg.mask_frac,
+                             far_negatives=cfg.far_negatives,
                              n_classes=n_classes, dtype=cfg.dtype)
 
 
@@ -211,8 +211,11 @@ def best_thresholds(e: torch.Tensor, ids: torch.Tensor, grid: tuple[float, ...]
 
 def evaluate(model: Glom, cfg: Config, amb: float, device: torch.device, seed: int
              ) -> dict[str, Any]:
-    """Per-level ARI (parts, objects) and top-level object classification at one ambiguity."""
-    p, it = cfg.patch, cfg.iterations
+    """Per-level ARI (parts, objects) and top-level object classification at one ambiguity.
+
+    Thresholds per level, and the level reported as the part (object) level, are chosen on
+    validation images; the ARIs reported are on separate test images."""
+    p, it = cfg.patch, cfg.eval_iterations
     val = make_parts(cfg.n_val, seed + 1, amb)
     test = make_parts(cfg.n_test, seed + 2, amb)
     probe = make_parts(cfg.n_probe_train, seed + 3, amb)
@@ -220,12 +223,15 @@ def evaluate(model: Glom, cfg: Config, amb: float, device: torch.device, seed: i
     e_test = rule_mod.states(model, test.images.to(device), it, cfg.dtype)
     out: dict[str, Any] = {}
     for what, key in (("part", "part_ids"), ("object", "object_ids")):
-        thr, _ = best_thresholds(e_val, column_ids(getattr(val, key), p), cfg.thresholds)
+        thr, val_ari = best_thresholds(e_val, column_ids(getattr(val, key), p), cfg.thresholds)
         ids = column_ids(getattr(test, key), p)
         ari = [float(rule_mod.level_ari(e_test[:, lvl:lvl + 1], ids, t)[0])
                for lvl, t in enumerate(thr)]
-        out[f"{what}_ari"] = [round(a, 4) for a in ari]
+        level = int(np.argmax(val_ari))
+        out[f"{what}_ari_per_level"] = [round(a, 4) for a in ari]
         out[f"{what}_thresholds"] = thr
+        out[f"{what}_level"] = level
+        out[f"{what}_ari"] = round(ari[level], 4)
     # classification: a linear softmax on each object's mean top-level embedding
     e_probe = rule_mod.states(model, probe.images.to(device), it, cfg.dtype)
     top = cfg.n_levels - 1
@@ -240,19 +246,31 @@ def evaluate(model: Glom, cfg: Config, amb: float, device: torch.device, seed: i
                             batch_size=min(500, int(ok_tr.sum())), seed=cfg.seed)
     pred = ff.softmax_predict(head, f_te)
     out["classification_accuracy_pct"] = round(100 - ff.error_pct(pred[ok_te], y_te[ok_te]), 3)
-    out["e_test"] = e_test
-    out["test"] = test
+    out["test_images"] = test.images[:cfg.n_pictures]
     return out
 
 
+def table_rows(label: str, per_amb: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown rows of the results table for one model (trained or untrained)."""
+    rows = []
+    for a, ev in per_amb.items():
+        ref = EGLOM_LITE_ACCURACY.get(float(a))
+        rows.append(f"| {label} | {a} | {ev['part_ari']:.3f} (level {ev['part_level']}) | "
+                    f"{ev['object_ari']:.3f} (level {ev['object_level']}) | "
+                    f"{ev['classification_accuracy_pct']:.2f} | "
+                    f"{ref if ref is not None else 'n/a'} | {ev['part_ari_per_level']} | "
+                    f"{ev['object_ari_per_level']} |")
+    return rows
+
+
 def train(cfg: Config, run: Any) -> dict[str, Any]:
-    """Train one GLOM on every ambiguity in turn; measure ARI and classification per ambiguity;
-    draw the islands; write table.md."""
+    """Train one GLOM on every ambiguity in turn; measure ARI and classification per ambiguity,
+    beside the same GLOM with its initial (random) nets; draw the islands; write table.md."""
     seed_everything(cfg.seed)
     device = device_of(cfg.device)
-    first = make_parts(1, 0)
-    image = tuple(first.images.shape[1:])
+    image = tuple(make_parts(1, 0).images.shape[1:])
     model = Glom(spec_of(cfg, image)).to(device)
+    untrained = copy.deepcopy(model).eval()
     rule = rule_of(cfg, n_classes=4)
     head = rule_mod.make_head(model, rule).to(device)
     amb = cfg.ambiguities
@@ -264,51 +282,46 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
     rule_mod.train(model, head, batch, cfg.epochs * cfg.steps_per_epoch, rule, run,
                    log_every=cfg.steps_per_epoch, seed=cfg.seed, progress=not run.quiet)
     model.eval()
-    per_amb: dict[str, dict[str, Any]] = {}
+    results: dict[str, dict[str, dict[str, Any]]] = {"trained": {}, "untrained": {}}
     figures: list[str] = []
-    for k, a in enumerate(amb):
-        ev = evaluate(model, cfg, a, device, seed=10_000 * (k + 1) + cfg.seed)
-        e_test, test = ev.pop("e_test"), ev.pop("test")
-        per_amb[f"{a:g}"] = ev
-        if k == len(amb) // 2 and cfg.n_pictures:  # pictures at the middle ambiguity
-            n = cfg.n_pictures
-            hist = rule_mod.states(model, test.images[:n].to(device), cfg.iterations,
-                                   cfg.dtype, history=True)
-            thr = [ev["part_thresholds"][lvl] if lvl <= cfg.part_level
-                   else ev["object_thresholds"][lvl] for lvl in range(cfg.n_levels)]
-            figures += save_pictures(run.dir, f"islands_amb{a:g}", test.images[:n].numpy(),
-                                     hist.cpu().numpy(), model.spec.grid, thr)
-        del e_test
-    if not run.quiet:
-        for a, ev in per_amb.items():
-            print(f"ambiguity {a}: part ARI {ev['part_ari']}, object ARI {ev['object_ari']}, "
-                  f"classification {ev['classification_accuracy_pct']} %", flush=True)
-    pl, ol = cfg.part_level, cfg.object_level
-    lines = [f"| ambiguity | part ARI (level {pl}) | object ARI (level {ol}) | "
-             "classification (%) | eGLOM-lite (%) | part ARI per level | object ARI per level |",
-             "|---|---|---|---|---|---|---|"]
-    for a, ev in per_amb.items():
-        ref = EGLOM_LITE_ACCURACY.get(float(a))
-        lines.append(f"| {a} | {ev['part_ari'][pl]:.3f} | {ev['object_ari'][ol]:.3f} | "
-                     f"{ev['classification_accuracy_pct']:.2f} | "
-                     f"{ref if ref is not None else 'n/a'} | {ev['part_ari']} | "
-                     f"{ev['object_ari']} |")
+    for name, net in (("trained", model), ("untrained", untrained)):
+        for k, a in enumerate(amb):
+            ev = evaluate(net, cfg, a, device, seed=10_000 * (k + 1) + cfg.seed)
+            images = ev.pop("test_images")
+            results[name][f"{a:g}"] = ev
+            if name == "trained" and k == len(amb) // 2 and cfg.n_pictures:
+                hist = rule_mod.states(net, images.to(device), cfg.eval_iterations, cfg.dtype,
+                                       history=True)
+                thr = [ev["part_thresholds"][lvl] if lvl <= ev["part_level"]
+                       else ev["object_thresholds"][lvl] for lvl in range(cfg.n_levels)]
+                figures += save_pictures(run.dir, f"islands_amb{a:g}", images.numpy(),
+                                         hist.cpu().numpy(), net.spec.grid, thr)
+            if not run.quiet:
+                print(f"{name}, ambiguity {a:g}: part ARI {ev['part_ari']}, object ARI "
+                      f"{ev['object_ari']}, classification "
+                      f"{ev['classification_accuracy_pct']} %", flush=True)
+    lines = ["| nets | ambiguity | part ARI | object ARI | classification (%) | eGLOM-lite (%) "
+             "| part ARI per level | object ARI per level |", "|---|---|---|---|---|---|---|---|"]
+    lines += table_rows(f"trained ({cfg.mode})", results["trained"])
+    lines += table_rows("untrained (initial nets)", results["untrained"])
     lines += ["", f"Targets: part ARI >= {TARGETS['part_ari']}, object ARI >= "
-              f"{TARGETS['object_ari']}. Mode: {cfg.mode}. Pictures: ambiguity "
-              f"{amb[len(amb) // 2]:g}, rows = iterations 0..{cfg.iterations}, left to right the "
-              f"image then levels 0..{cfg.n_levels - 1}; dark lines = island edges."]
+              f"{TARGETS['object_ari']}. The level reported and each level's threshold are "
+              f"chosen on {cfg.n_val} validation images, the ARIs measured on {cfg.n_test} test "
+              f"images after {cfg.eval_iterations} iterations. Pictures: ambiguity "
+              f"{amb[len(amb) // 2]:g}, rows = iterations 0..{cfg.eval_iterations}, left to "
+              f"right the image then levels 0..{cfg.n_levels - 1}; dark lines = island edges."]
     (run.dir / "table.md").write_text("\n".join(lines) + "\n")
+    trained = results["trained"]
     a0 = f"{amb[0]:g}"
-    acc0 = per_amb[a0]["classification_accuracy_pct"]
     n_train = cfg.epochs * cfg.steps_per_epoch * cfg.batch_size
     return standard_results(
-        RECIPE, cfg, run, n_train, 100 - acc0,
+        RECIPE, cfg, run, n_train, 100 - trained[a0]["classification_accuracy_pct"],
         test_error_note=f"object classification error from the top level at ambiguity {a0}",
-        mode=cfg.mode, per_ambiguity=per_amb,
-        part_ari={a: ev["part_ari"][pl] for a, ev in per_amb.items()},
-        object_ari={a: ev["object_ari"][ol] for a, ev in per_amb.items()},
+        mode=cfg.mode, per_ambiguity=trained, untrained_per_ambiguity=results["untrained"],
+        part_ari={a: ev["part_ari"] for a, ev in trained.items()},
+        object_ari={a: ev["object_ari"] for a, ev in trained.items()},
         classification_accuracy_pct={a: ev["classification_accuracy_pct"]
-                                     for a, ev in per_amb.items()},
+                                     for a, ev in trained.items()},
         targets=TARGETS, eglom_lite_accuracy_pct=EGLOM_LITE_ACCURACY,
         parameters=sum(p.numel() for p in model.parameters()), dtype=cfg.dtype,
         figures=figures,
