@@ -133,3 +133,92 @@ def test_device_recipe_writes_the_four_method_table(tmp_path):
     assert all(set(v) == {"0", "1"} for v in r["table"].values())
     assert r["table"]["bp-deployed"]["0"] < 40  # backprop learned on the ideal device
     assert (out / "table.md").exists() and (out / "error_vs_strength.png").exists()
+    assert set(r["energy_proxy"]) == set(METHODS)
+    ff_row, bp_row = r["energy_proxy"]["ff-in-place"], r["energy_proxy"]["bp-deployed"]
+    # FF: forward on positive and negative, one weight-gradient matmul each = 4 weight passes
+    assert ff_row["weight_passes_per_example"] == pytest.approx(4.0)
+    assert bp_row["weight_passes_per_example"] < 3.0  # forward + 2 backward, minus layer 1's dx
+
+
+def test_energy_proxy_counts_matmuls_and_stored_activations_by_hand():
+    """8-16-16-4 MLP, cross-entropy: forward 2*(128+256+64) FLOPs per example, backward the
+    same for weight gradients plus 2*(256+64) for input gradients (layer 1 needs none)."""
+    from torch import nn
+
+    from mortal import energy
+
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
+                        nn.Linear(16, 4))
+    x, y = torch.randn(20, 8), torch.randint(0, 4, (20,))
+
+    def step(n: int) -> None:
+        nn.functional.cross_entropy(mlp(x[:n]), y[:n]).backward()
+
+    row = energy.measure(step, mlp, 5)
+    assert row["matmul_flops_per_example"] == 2 * 448 * 2 + 2 * 320
+    assert row["weight_passes_per_example"] == pytest.approx(2432 / 896, abs=1e-3)
+    # x (8), each ReLU's output (16, 16; also the next layer's saved input) and the
+    # log-softmax (4) are held until the backward pass, plus the target (1)
+    assert row["stored_activations_per_example"] == pytest.approx(45.0)
+
+
+def test_ff_stores_one_layer_while_backprop_stores_them_all():
+    from torch import nn
+
+    from mortal import energy
+    from mortal.rules import ff
+
+    def stored(depth: int) -> tuple[float, float]:
+        torch.manual_seed(0)
+        x = torch.rand(40, 32)
+        mlp = nn.Sequential(*[m for _ in range(depth) for m in (nn.Linear(32, 32), nn.ReLU())])
+        bp = energy.measure(lambda n: mlp(x[:n]).pow(2).sum().backward(), mlp, 10)
+        net = ff.FFNet([Dense(32, 32) for _ in range(depth)], ff.FFRule(dtype="float32"))
+        f = energy.measure(lambda n: net.train_step(x[:n], x[:n].flip(1)), net, 10)
+        return bp["stored_activations_per_example"], f["stored_activations_per_example"]
+
+    bp2, ff2 = stored(2)
+    bp6, ff6 = stored(6)
+    # backprop keeps the input and every layer's output (32 each) for its backward pass
+    assert (bp2, bp6) == (32 + 2 * 32, 32 + 6 * 32)
+    # FF holds one layer's input and output, for the positive and the negative, at a time
+    assert ff6 == ff2 == 2 * (32 + 32) + 2
+
+
+def test_transfer_labels_follow_the_soft_targets():
+    from mortal.recipes.mortal_transfer_mnist import sample_labels
+
+    g = torch.Generator().manual_seed(0)
+    p = torch.tensor([[0.0, 0.8, 0.2, 0.0]]).repeat(20000, 1)
+    pos, neg = sample_labels(p, g)
+    assert (pos != neg).all()
+    assert (pos == 1).float().mean().item() == pytest.approx(0.8, abs=0.02)
+    assert set(neg[pos == 1].tolist()) == {2}  # the teacher's confusion is the negative
+    assert set(neg[pos == 2].tolist()) == {1}
+    one_hot = torch.eye(4)[torch.zeros(20000, dtype=torch.long)]
+    pos, neg = sample_labels(one_hot, g)
+    assert (pos == 0).all()
+    counts = torch.bincount(neg, minlength=4).float() / len(neg)  # uniform over the others
+    torch.testing.assert_close(counts, torch.tensor([0.0, 1 / 3, 1 / 3, 1 / 3]), atol=0.02,
+                               rtol=0)
+
+
+@needs_mnist
+def test_transfer_recipe_writes_retained_accuracy(tmp_path):
+    import json
+
+    from mortal.cli import main
+
+    out = tmp_path / "t"
+    assert main(["run", "mortal-transfer-mnist", "--quiet", "--out", str(out), "--set",
+                 "epochs=2", "--set", "widths=100,100", "--set", "train_limit=2000", "--set",
+                 "transfer_sizes=500,2000", "--set", "student_steps=40", "--set",
+                 "temperatures=1,4", "--set", "temperature_size=2000"]) == 0
+    r = json.loads((out / "results.json").read_text())
+    assert [row["transfer_size"] for row in r["from_teacher"]] == [500, 2000]
+    assert [row["transfer_size"] for row in r["from_labels"]] == [500, 2000]
+    assert [row["temperature"] for row in r["temperature_sweep"]] == [1.0, 4.0]
+    assert r["old_device_accuracy_pct"]["goodness"] > 50  # the old device learned
+    assert set(r["weight_copy"]) == {"accuracy_pct", "retained"}
+    assert (out / "table.md").exists() and (out / "retained_vs_size.png").exists()

@@ -21,9 +21,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from mortal import energy
 from mortal.config import check
+from mortal.data.negatives import embed_label, wrong_labels
 from mortal.hardware import DeviceDense, Imperfections
-from mortal.loop import device_of, seed_everything
+from mortal.loop import autocast, device_of, seed_everything
 from mortal.recipes import Recipe, register
 from mortal.recipes import ff_supervised_mnist as sup
 from mortal.recipes.common import load_split, standard_results
@@ -139,6 +141,7 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
                   flush=True)
 
     run.train_seconds = run.stages_seconds()
+    energy_proxy = measure_energy(cfg, data, max(max(cfg.strengths), 1.0))
     strengths = list(cfg.strengths)
     lines = ["Test error (%) on devices of each strength (1 = the realistic defaults of "
              "`mortal.hardware.Imperfections`).", "",
@@ -152,8 +155,47 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
         RECIPE, cfg, run, len(data.x_train), table["ff-in-place"][worst],
         test_error_note=f"test_error_pct is FF trained in place at strength {worst:g}",
         table={m: {f"{s:g}": round(v, 4) for s, v in table[m].items()} for m in METHODS},
-        figures=["error_vs_strength.png"], dtype=cfg.dtype,
+        energy_proxy=energy_proxy, figures=["error_vs_strength.png"], dtype=cfg.dtype,
     )
+
+
+def measure_energy(cfg: Config, data: Any, strength: float) -> dict[str, dict[str, float]]:
+    """One real training step of each method, counted by `mortal.energy`: matrix work and
+    peak stored activations per training example. "Deployed" methods train on the ideal model
+    (strength 0); the in-place ones on a device of `strength`. FF's hard negatives add one
+    neutral-label pass per example per epoch (`hard_negative_*`)."""
+    device = data.x_train.device
+    d_in = data.x_train.shape[1]
+    out: dict[str, dict[str, float]] = {}
+    g = torch.Generator().manual_seed(cfg.seed)
+    for method in METHODS:
+        s = 0.0 if method.endswith("deployed") else strength
+        seed_everything(cfg.seed)
+        if method.startswith("bp"):
+            model = DeviceMLP(device_layers(cfg, d_in, s, "relu"), cfg.widths[-1]).to(device)
+
+            def bp_step(n: int, model: nn.Module = model) -> None:
+                with autocast(device, cfg.dtype):
+                    logits = model(data.x_train[:n])
+                nn.functional.cross_entropy(logits.float(), data.y_train[:n]).backward()
+
+            out[method] = energy.measure(bp_step, model, cfg.bp_batch_size)
+            continue
+        net = ff.FFNet(device_layers(cfg, d_in, s), sup.rule(cfg)).to(device)
+
+        def ff_step(n: int, net: ff.FFNet = net) -> None:
+            x, y = data.x_train[:n], data.y_train[:n]
+            net.train_step(embed_label(x, y, 10, cfg.label_value),
+                           embed_label(x, wrong_labels(y, 10, g), 10, cfg.label_value))
+
+        def hard_step(n: int, net: ff.FFNet = net) -> None:
+            ff.hard_negative_table(net, data.x_train[:n], data.y_train[:n], sup.training(cfg), g)
+
+        row = energy.measure(ff_step, net, cfg.batch_size)
+        hard = energy.measure(hard_step, net, 1000)
+        row["hard_negative_flops_per_example_per_epoch"] = hard["matmul_flops_per_example"]
+        out[method] = row
+    return out
 
 
 def plot(path: Any, strengths: list[float], table: dict[str, dict[float, float]]) -> None:
