@@ -45,14 +45,16 @@ class Config:
     dim: int = 64
     hidden: int = 256
     pos_freqs: int = 4
-    weights: tuple[float, ...] = (1.0, 1.0, 1.0, 3.0)
-    beta: float = 25.0
-    radius: tuple[float, ...] = (1.5, 2.0, 3.0, 0.0)
-    iterations: int = 4
-    epochs: int = 4
+    weights: tuple[float, ...] = (1.0, 0.3, 0.3, 3.0)  # previous, bottom-up, top-down, attention
+    beta: float = 3.0
+    radius: tuple[float, ...] = (1.0, 1.5, 2.5, 0.0)
+    iterations: int = 6  # per training step
+    eval_iterations: int = 10  # for the probe and the pictures
+    epochs: int = 3
     batch_size: int = 100
     lr: float = 1e-3
     tau: float = 0.1
+    far_negatives: bool = True
     contrast_weight: float = 0.1
     mask_frac: float = 0.25
     dtype: Literal["bfloat16", "float32"] = "bfloat16"
@@ -71,7 +73,8 @@ class Config:
         check(len(self.radius) == self.n_levels, "radius needs one value per level", p)
         check(len(self.weights) == 4 and all(w >= 0 for w in self.weights),
               "weights are 4 values >= 0: previous, bottom-up, top-down, attention", p)
-        check(self.epochs >= 1 and self.batch_size >= 2 and self.iterations >= 1,
+        check(self.epochs >= 1 and self.batch_size >= 2 and min(self.iterations,
+                                                                 self.eval_iterations) >= 1,
               "epochs, iterations >= 1 and batch_size >= 2 (InfoNCE needs negatives)", p)
         check(self.lr > 0 and self.tau > 0 and self.beta > 0, "lr, tau, beta must be > 0", p)
         check(28 % self.patch == 0, "patch must divide 28", p)
@@ -126,7 +129,7 @@ def top_features(model: Glom, x: torch.Tensor, cfg: Any, batch_size: int = 500) 
     c, h, w = model.spec.image
     out = []
     for i in range(0, len(x), batch_size):
-        e = rule_mod.states(model, x[i:i + batch_size].view(-1, c, h, w), cfg.iterations,
+        e = rule_mod.states(model, x[i:i + batch_size].view(-1, c, h, w), cfg.eval_iterations,
                             cfg.dtype, batch_size=batch_size)
         out.append(e[:, -1].flatten(1).to(torch.bfloat16))
     return torch.cat(out)
@@ -172,7 +175,7 @@ def train_glom(cfg: Config, run: Any, recipe: Recipe) -> dict[str, Any]:
     figures: list[str] = []
     if cfg.n_pictures:
         xs = data.x_test[:cfg.n_pictures].view(-1, *image)
-        hist = rule_mod.states(model, xs, cfg.iterations, cfg.dtype, history=True)
+        hist = rule_mod.states(model, xs, cfg.eval_iterations, cfg.dtype, history=True)
         figures += save_pictures(run.dir, "islands", xs.cpu().numpy(), hist.cpu().numpy(),
                                  model.spec.grid, [cfg.island_threshold] * cfg.n_levels)
     if cfg.tsne_points:

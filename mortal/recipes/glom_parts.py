@@ -57,7 +57,7 @@ class Config:
     iterations: int = 10  # per training step
     eval_iterations: int = 20  # when measuring and drawing
     # learning
-    epochs: int = 4
+    epochs: int = 2
     steps_per_epoch: int = 100
     batch_size: int = 32
     lr: float = 1e-3
@@ -69,8 +69,8 @@ class Config:
     # measuring
     thresholds: tuple[float, ...] = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
     n_val: int = 64
-    n_test: int = 256
-    n_probe_train: int = 500
+    n_test: int = 128
+    n_probe_train: int = 300
     n_pictures: int = 3
     device: str = "auto"
     seed: int = 0
