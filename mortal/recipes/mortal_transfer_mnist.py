@@ -43,7 +43,7 @@ class Config(dev.Config):
     strength: float = 1.0
     new_device_seed: int = 2000
     transfer_sizes: tuple[int, ...] = (1000, 3000, 10000, 60000)
-    temperature: float = 4.0  # T for the transfer-size sweep
+    temperature: float = 2.0  # T for the transfer-size sweep
     temperatures: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)  # T sweep, at temperature_size
     temperature_size: int = 10000
     student_steps: int = 2400  # FF steps of the new device (half the old one's 4800), any size
