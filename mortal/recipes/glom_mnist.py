@@ -177,7 +177,8 @@ def train_glom(cfg: Config, run: Any, recipe: Recipe) -> dict[str, Any]:
         xs = data.x_test[:cfg.n_pictures].view(-1, *image)
         hist = rule_mod.states(model, xs, cfg.eval_iterations, cfg.dtype, history=True)
         figures += save_pictures(run.dir, "islands", xs.cpu().numpy(), hist.cpu().numpy(),
-                                 model.spec.grid, [cfg.island_threshold] * cfg.n_levels)
+                                 model.spec.grid, [cfg.island_threshold] * cfg.n_levels,
+                                 cell=16)
     if cfg.tsne_points:
         k = min(cfg.tsne_points, len(f_test))
         emb = tsne(f_test[:k].float().cpu(), seed=cfg.seed)

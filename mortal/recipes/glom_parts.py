@@ -169,14 +169,14 @@ def island_frames(image: np.ndarray, hist: np.ndarray, grid: tuple[int, int],
 
 
 def save_pictures(out_dir: Any, stem: str, images: np.ndarray, hists: np.ndarray,
-                  grid: tuple[int, int], thresholds: list[float]) -> list[str]:
+                  grid: tuple[int, int], thresholds: list[float], cell: int = 8) -> list[str]:
     """For each chosen image: a PNG grid (rows = iterations, then every level) and an animated
     GIF of the iterations. Returns the file names written."""
     from PIL import Image
 
     names = []
     for i in range(len(images)):
-        frames = island_frames(images[i], hists[i], grid, thresholds)
+        frames = island_frames(images[i], hists[i], grid, thresholds, cell)
         sep = np.full((4, frames[0].shape[1], 3), 255, dtype=np.uint8)
         grid_img = np.concatenate([x for f in frames for x in (f, sep)][:-1], 0)
         png, gif = f"{stem}_{i}.png", f"{stem}_{i}.gif"
