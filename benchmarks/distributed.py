@@ -4,6 +4,7 @@
 
 Runs (each in fresh processes, started here with torchrun's environment variables over gloo):
   ff_single     FF training step of ff-supervised-mnist, one process with 2 threads
+  ff_single_1thread  the same with 1 thread (context: on a busy machine 2 threads can lose)
   ff_dp         the same global batch split over 2 processes, gradients all-reduced per layer
   ff_pipeline   2 pipeline stages of consecutive layers, activations sent forward
   bp_single     backprop training step of bp-mnist-mlp (same widths), one process, 2 threads
@@ -38,7 +39,7 @@ from mortal.loop import autocast, make_optimizer
 from mortal.recipes import bp_mnist_mlp, ff_supervised_mnist
 from mortal.runs import environment
 
-MODES = ("ff_single", "ff_dp", "ff_pipeline", "bp_single", "bp_dp")
+MODES = ("ff_single", "ff_single_1thread", "ff_dp", "ff_pipeline", "bp_single", "bp_dp")
 
 
 def written_bytes() -> int:
@@ -171,8 +172,8 @@ def worker(mode: str, args: argparse.Namespace) -> dict:
 
 def launch(mode: str, args: argparse.Namespace) -> list[dict]:
     """Start the processes of one mode and collect each rank's JSON."""
-    nproc = 1 if mode.endswith("single") else 2
-    threads = 2 if nproc == 1 else 1
+    nproc = 2 if mode.endswith(("dp", "pipeline")) else 1
+    threads = 1 if nproc == 2 or mode.endswith("1thread") else 2
     port = distributed.free_port()
     cmd = [sys.executable, __file__, "--worker", mode, "--threads", str(threads),
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--widths", args.widths,
@@ -191,13 +192,13 @@ def launch(mode: str, args: argparse.Namespace) -> list[dict]:
     return outs
 
 
-def summarise(mode: str, ranks: list[dict]) -> dict:
+def summarise(mode: str, ranks: list[dict], threads: int) -> dict:
     """One mode's numbers: the slowest rank's time, bytes summed over ranks."""
     r0 = ranks[0]
     examples = r0["examples_per_s"] * r0["seconds"]
     out = {
         "processes": len(ranks),
-        "threads_per_process": 2 if len(ranks) == 1 else 1,
+        "threads_per_process": threads,
         "global_batch": r0["global_batch"],
         "examples_per_s": round(examples / max(r["seconds"] for r in ranks), 1),
         "payload_bytes_sent_per_example": round(sum(r["payload_bytes_per_example"]
@@ -232,7 +233,8 @@ def main() -> None:
         print(json.dumps(worker(args.worker, args)))
         return
     load_before = os.getloadavg()
-    results = {m: summarise(m, launch(m, args)) for m in args.modes.split(",")}
+    results = {m: summarise(m, launch(m, args), 1 if m.endswith(("dp", "pipeline", "1thread"))
+                            else 2) for m in args.modes.split(",")}
     env = environment(args.dtype)
     out = {
         "benchmark": "distributed",

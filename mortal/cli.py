@@ -162,8 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     try:
         return args.func(args)
-    except DistError as e:
-        print(f"mortal: lost contact with another process of this distributed run ({e}). "
+    except (DistError, RuntimeError) as e:
+        text = str(e)
+        if not isinstance(e, DistError) and not (
+                distributed.world() > 1 and ("gloo" in text or "NCCL" in text)):
+            raise
+        print(f"mortal: rank {distributed.rank()} lost contact with another process of this "
+              f"distributed run ({text.splitlines()[0] if text else type(e).__name__}). "
               "Resume from the last checkpoint with --resume.", file=sys.stderr)
         return 3
     except (configs.ConfigError, DataError, NonFiniteError, FileNotFoundError) as e:
