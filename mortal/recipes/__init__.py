@@ -58,6 +58,7 @@ def _load_all() -> None:
         distill_mnist,
         distill_omitted_mnist,
         ff_local_mnist,
+        ff_recurrent_mnist,
         ff_sleep_mnist,
         ff_supervised_mnist,
         ff_unsupervised_mnist,

@@ -1,0 +1,58 @@
+"""The recurrent FF net of the paper's §4: the damped synchronous update, losses that stay
+within their layer, and a short learning test."""
+
+from __future__ import annotations
+
+import torch
+
+from mortal.arch.recurrent import RecurrentStack
+from mortal.recipes import ff_recurrent_mnist as rec
+from mortal.rules.ff import normalise
+from tests.conftest import needs_mnist
+
+
+def test_one_iteration_by_hand():
+    torch.manual_seed(0)
+    net = RecurrentStack(6, [4, 3], n_classes=2, damping=0.3)
+    x, y = torch.rand(5, 6), torch.eye(2)[torch.tensor([0, 1, 1, 0, 1])]
+    h1, h2 = torch.rand(5, 4), torch.rand(5, 3)
+    new1, new2 = net.step([h1, h2], x, y)
+    w1, b1 = net.layers[0].linear.weight, net.layers[0].linear.bias
+    w2, b2 = net.layers[1].linear.weight, net.layers[1].linear.bias
+    # layer 1 reads the image below and layer 2 above; layer 2 reads layer 1 and the label
+    want1 = 0.3 * h1 + 0.7 * torch.relu(torch.cat([normalise(x), normalise(h2)], 1) @ w1.T + b1)
+    want2 = 0.3 * h2 + 0.7 * torch.relu(torch.cat([normalise(h1), normalise(y)], 1) @ w2.T + b2)
+    torch.testing.assert_close(new1, want1)
+    torch.testing.assert_close(new2, want2)
+    # the start: one bottom-up pass with no top-down input
+    s1, s2 = net.initial(x)
+    torch.testing.assert_close(s1, torch.relu(normalise(x) @ w1[:, :6].T + b1))
+    torch.testing.assert_close(s2, torch.relu(normalise(s1) @ w2[:, :4].T + b2))
+
+
+def test_each_layer_loss_reaches_only_its_own_layer():
+    torch.manual_seed(0)
+    cfg = rec.Config(widths=(8, 8, 8), iterations=3, dtype="float32")
+    net = RecurrentStack(20, cfg.widths)
+    x, y = torch.rand(6, 20), torch.randint(0, 10, (6,))
+    losses = rec.layer_losses(net, x, y, (y + 1) % 10, cfg)
+    for j, loss in enumerate(losses):
+        grads = torch.autograd.grad(loss, [layer.linear.weight for layer in net.layers],
+                                    retain_graph=True, allow_unused=True)
+        for k, g in enumerate(grads):
+            assert (g is not None and g.abs().sum() > 0) == (j == k)
+
+
+@needs_mnist
+def test_recurrent_ff_learns_an_mnist_subset(tmp_path):
+    """2x200 units, 2000 training images, 3 epochs, 4 iterations: measured 2026-11-25 at
+    17.4 % test error on all 10,000 test images (8 s of CPU; chance is 90 %)."""
+    from mortal.runs import Run
+
+    cfg = rec.Config(widths=(200, 200), epochs=3, batch_size=100, iterations=4, score_from=2,
+                     score_to=4, hard_negatives_every=0, eval_every=100, train_limit=2000,
+                     lr=1e-3, dtype="float32")
+    run = Run(tmp_path / "r", "ff-recurrent-mnist", {}, quiet=True)
+    out = rec.train(cfg, run)
+    assert out["test_error_pct"] < 30
+    assert set(out["test_error_by_single_iteration"]) == {"1", "2", "3", "4"}
