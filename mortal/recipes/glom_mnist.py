@@ -48,9 +48,9 @@ class Config:
     weights: tuple[float, ...] = (1.0, 0.3, 0.3, 3.0)  # previous, bottom-up, top-down, attention
     beta: float = 3.0
     radius: tuple[float, ...] = (1.0, 1.5, 2.5, 0.0)
-    iterations: int = 6  # per training step
-    eval_iterations: int = 10  # for the probe and the pictures
-    epochs: int = 3
+    iterations: int = 4  # per training step
+    eval_iterations: int = 6  # for the probe and the pictures
+    epochs: int = 1
     batch_size: int = 100
     lr: float = 1e-3
     tau: float = 0.1
