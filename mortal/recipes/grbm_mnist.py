@@ -34,7 +34,7 @@ class Config:
     dataset: str = "mnist"
     data_root: str = ""
     n_hidden: int = 500
-    epochs: int = 10
+    epochs: int = 5
     batch_size: int = 100
     lr: float = 1e-3
     clip: float = 10.0
@@ -107,7 +107,7 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
                 opt.step()
                 with torch.no_grad():
                     m.log_var.clamp_(min=-8.0, max=4.0)
-                loss_sum += float(loss)
+                loss_sum += float(loss.detach())
             check_finite({k: p for k, p in params.items()}, epoch, "the GRBM")
         row = {"epoch": epoch + 1, "cd_loss": loss_sum / steps,
                "mean_std": float((0.5 * m.log_var).exp().mean()), "seconds": run.train_seconds}
