@@ -104,6 +104,19 @@ class DeviceDense(nn.Module):
         # read noise and stochastic rounding draw from the device's own stream, fresh each pass
         self.noise = torch.Generator().manual_seed(seed + 1)
 
+    def get_extra_state(self) -> torch.Tensor:
+        """The read-noise stream's position, saved in checkpoints so a resumed run draws the
+        same noise as an uninterrupted one."""
+        return self.noise.get_state()
+
+    def set_extra_state(self, state: torch.Tensor) -> None:  # noqa: D102
+        self.noise.set_state(state)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
+        # checkpoints written before the noise state was saved: keep the current stream
+        state_dict.setdefault(prefix + "_extra_state", self.noise.get_state())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @property
     def ideal(self) -> bool:
         """Whether this device is exactly the ideal layer (strength 0)."""

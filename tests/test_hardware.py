@@ -3,6 +3,9 @@ statistics, fixed per device but fresh read noise, and FF learning through it.""
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -222,3 +225,33 @@ def test_transfer_recipe_writes_retained_accuracy(tmp_path):
     assert r["old_device_accuracy_pct"]["goodness"] > 50  # the old device learned
     assert set(r["weight_copy"]) == {"accuracy_pct", "retained"}
     assert (out / "table.md").exists() and (out / "retained_vs_size.png").exists()
+
+
+def test_deploy_moves_weights_but_the_device_keeps_its_imperfections():
+    from mortal.recipes.mortal_device_mnist import deploy
+
+    ideal = DeviceDense(40, 30, Imperfections().at(0.0), seed=1)
+    target = DeviceDense(40, 30, Imperfections(weight_levels=0), seed=1)
+    made = {k: v.clone() for k, v in target.state_dict().items() if k != "_extra_state"}
+    deploy(ideal, target)
+    assert torch.equal(target.linear.weight, ideal.linear.weight)
+    for name in ("conductance", "stuck_mask", "stuck_value", "gain", "offset", "sat"):
+        assert torch.equal(getattr(target, name), made[name]), name
+    assert target.conductance.std() > 0.05  # still the imperfect device, not the ideal one
+
+
+def test_read_noise_stream_is_checkpointed():
+    from mortal.runs import checkpoint
+
+    dev = DeviceDense(30, 20, Imperfections(), seed=4)
+    x = torch.rand(8, 30)
+    dev(x)
+    path = str(Path(tempfile.mkdtemp()) / "c.safetensors")
+    checkpoint.save(path, {"net": dev.state_dict()})
+    expected = dev(x)  # the next pass of the uninterrupted device
+    resumed = DeviceDense(30, 20, Imperfections(), seed=4)
+    resumed.load_state_dict(checkpoint.load(path)["net"])
+    assert torch.equal(resumed(x), expected)
+    # a checkpoint from before the stream was saved still loads (with a fresh stream)
+    old = {k: v for k, v in dev.state_dict().items() if k != "_extra_state"}
+    DeviceDense(30, 20, Imperfections(), seed=4).load_state_dict(old)

@@ -79,8 +79,13 @@ class DeviceMLP(nn.Module):
 
 
 def deploy(trained: nn.Module, target: nn.Module) -> nn.Module:
-    """Write trained weights onto a device (its imperfections stay), then onto its levels."""
-    target.load_state_dict(trained.state_dict(), strict=False)
+    """Write trained weights onto a device, then onto its conductance levels. Only the
+    parameters move: the target keeps its own imperfections (manufacture buffers) and its own
+    read-noise stream."""
+    params = dict(trained.named_parameters())
+    with torch.no_grad():
+        for name, p in target.named_parameters():
+            p.copy_(params[name])
     for m in target.modules():
         if hasattr(m, "constrain_"):
             m.constrain_()
