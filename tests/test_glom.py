@@ -166,7 +166,18 @@ def test_info_nce_far_negatives_hand_computed():
 def test_local_learning_forms_object_islands():
     """Easy setting (ambiguity 0): before learning, the top level of a small GLOM is one blur
     (object ARI at cosine 0.9 below 0.5); after 8 local steps of 8 images its islands match the
-    two objects (ARI > 0.8) and the InfoNCE loss has fallen. About 8 s on one loaded core."""
+    two objects (ARI > 0.8) and the InfoNCE loss has fallen. About 8 s on one loaded core
+    (one thread: small matmuls gain nothing from a second one on a shared machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        learn_islands()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def learn_islands() -> None:
+    """The body of test_local_learning_forms_object_islands."""
     torch.manual_seed(0)
     spec = GlomSpec(image=(1, 48, 64), dim=32, hidden=32, beta=3.0, weights=(1, 0.3, 0.3, 3),
                     radius=(1.0, 1.5, 2.5, 3.5))
