@@ -43,6 +43,7 @@ class Config:
     noise: Literal["strokes", "blocks"] = "strokes"
     noise_levels: tuple[int, ...] = (0, 1, 2, 4, 8)
     stroke_width: int = 2
+    show_noise: int = -1  # the noise level drawn as PNG frames; -1: the highest
     steps: int = 20
     alpha_max: float = 0.8
     n_test: int = 10000
@@ -66,6 +67,8 @@ class Config:
         check(self.stroke_width >= 1 and self.n_test >= 1 and self.n_show >= 1,
               "stroke_width, n_test and n_show must be >= 1", p)
         check(self.greedy_epochs >= 1 and self.train_limit >= 0, "bad greedy_epochs/limit", p)
+        check(self.show_noise < 0 or self.show_noise in self.noise_levels,
+              "show_noise must be -1 or one of noise_levels", p)
         return p
 
 
@@ -199,7 +202,7 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
                "blend_recon_sq_error": float(((last[0] - x) ** 2).sum(1).mean())}
         rows.append(row)
         run.log(**row)
-        if level == max(cfg.noise_levels):
+        if level == (max(cfg.noise_levels) if cfg.show_noise < 0 else cfg.show_noise):
             shown = frames(run.dir / "denoise", noisy[:cfg.n_show], x[:cfg.n_show],
                            [(im[:cfg.n_show], lab[:cfg.n_show]) for im, lab in seq], alphas)
         if not run.quiet:
