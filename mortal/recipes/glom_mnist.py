@@ -58,8 +58,8 @@ class Config:
     contrast_weight: float = 0.1
     mask_frac: float = 0.25
     dtype: Literal["bfloat16", "float32"] = "bfloat16"
-    probe_epochs: int = 30
-    probe_lr: float = 1e-3
+    probe_epochs: int = 100
+    probe_lr: float = 1e-2
     probe_weight_decay: float = 0.0
     tsne_points: int = 1500
     n_pictures: int = 3
