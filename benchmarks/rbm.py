@@ -1,6 +1,6 @@
 """Speed of RBM sampling and CD-k training (784-500, batches of 100), as JSON.
 
-    python benchmarks/rbm.py [--batch-size 100] [--hidden 500] [--steps 30]
+    python benchmarks/rbm.py [--batch-size 100] [--hidden 500] [--steps 30] [--threads 1]
 
 Measures in one run: the bf16/fp32 matmul peak at this RBM's shape, block-Gibbs sweeps per second
 (one sweep: v -> h -> v, two matmuls of batch x 784 x 500 plus sampling), CD-1 and CD-10
@@ -32,7 +32,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--hidden", type=int, default=500)
     p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (the project runs 1)")
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     b, n_vis, n_hid = args.batch_size, 784, args.hidden
     peak = gemm_peak(shapes=((b, n_vis, n_hid), (1000, 2000, 2000)))
     rbm = bz.RBM.init(n_vis, n_hid, 0)
