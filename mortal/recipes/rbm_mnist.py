@@ -2,7 +2,7 @@
 CD, scored by its AIS test log-likelihood in nats.
 
 Anchor: Salakhutdinov & Murray (2008), "On the Quantitative Analysis of Deep Belief Networks"
-(ICML), Table 2: RBMs with 500 hidden units on binarised MNIST, estimated average test
+(ICML), results table: RBMs with 500 hidden units on binarised MNIST, estimated average test
 log-probabilities CD1(500) -125.53, CD3(500) -105.50, CD25(500) -86.34 nats (CD25: the number of
 Gibbs steps grown gradually from 1 to 25 during training). Their AIS: 100 runs, 14,500
 intermediate distributions (beta spaced 1e-3 on [0, 0.5], 1e-4 on [0.5, 0.9], 1e-5 on [0.9, 1];
@@ -33,7 +33,7 @@ from mortal.rules import boltzmann as bz
 from mortal.rules import ff
 from mortal.rules.backprop import Split
 
-# Salakhutdinov & Murray 2008, Table 2 (500 hidden units), keyed by (k, k_end).
+# Salakhutdinov & Murray 2008, results table (500 hidden units), keyed by (k, k_end).
 PAPER_NATS = {(1, 0): -125.53, (3, 0): -105.50, (1, 25): -86.34}
 
 
@@ -174,7 +174,7 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
         lines.append(f"| RBM {cfg.n_hidden} hidden, {setting}, {cfg.epochs} epochs | "
                      f"{paper if paper is not None and full else 'n/a'} | "
                      f"{evals['test_log_likelihood_nats']:.2f} | [{lo}, {hi}] |")
-    lines += ["", "Paper anchors (Salakhutdinov & Murray 2008, Table 2, 500 hidden units): "
+    lines += ["", "Paper anchors (Salakhutdinov & Murray 2008, 500 hidden units): "
               "CD1 -125.53, CD3 -105.50, CD25 -86.34 nats.", "",
               f"Linear softmax readout of the hidden probabilities: {err:.2f} % test error."]
     (run.dir / "table.md").write_text("\n".join(lines) + "\n")
@@ -197,8 +197,7 @@ def _filters(w: torch.Tensor) -> torch.Tensor:
 
 RECIPE = register(Recipe(
     name="rbm-mnist",
-    paper="Salakhutdinov & Murray 2008, On the Quantitative Analysis of Deep Belief Networks, "
-          "Table 2",
+    paper="Salakhutdinov & Murray 2008, On the Quantitative Analysis of Deep Belief Networks",
     setting="binarised MNIST, RBM 784-500, CD-1 (k, k_end, persistent select CD3, CD25, PCD); "
             "AIS test log-likelihood (nats)",
     dataset="mnist",
