@@ -215,13 +215,15 @@ def test_transfer_recipe_writes_retained_accuracy(tmp_path):
 
     out = tmp_path / "t"
     assert main(["run", "mortal-transfer-mnist", "--quiet", "--out", str(out), "--set",
-                 "epochs=2", "--set", "widths=100,100", "--set", "train_limit=2000", "--set",
+                 "epochs=3", "--set", "batch_size=50", "--set", "lr=3e-3", "--set",
+                 "widths=100,100", "--set", "train_limit=2000", "--set",
                  "transfer_sizes=500,2000", "--set", "student_steps=40", "--set",
                  "temperatures=1,4", "--set", "temperature_size=2000"]) == 0
     r = json.loads((out / "results.json").read_text())
     assert [row["transfer_size"] for row in r["from_teacher"]] == [500, 2000]
     assert [row["transfer_size"] for row in r["from_labels"]] == [500, 2000]
-    assert [row["temperature"] for row in r["temperature_sweep"]] == [1.0, 4.0]
+    # the sweep's T values, plus the size sweep's T (2) at the same size, in order
+    assert [row["temperature"] for row in r["temperature_sweep"]] == [1.0, 2.0, 4.0]
     assert r["old_device_accuracy_pct"]["goodness"] > 50  # the old device learned
     assert set(r["weight_copy"]) == {"accuracy_pct", "retained"}
     assert (out / "table.md").exists() and (out / "retained_vs_size.png").exists()
