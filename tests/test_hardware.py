@@ -224,7 +224,7 @@ def test_transfer_recipe_writes_retained_accuracy(tmp_path):
     assert [row["transfer_size"] for row in r["from_labels"]] == [500, 2000]
     # the sweep's T values, plus the size sweep's T (2) at the same size, in order
     assert [row["temperature"] for row in r["temperature_sweep"]] == [1.0, 2.0, 4.0]
-    assert r["old_device_accuracy_pct"]["goodness"] > 50  # the old device learned
+    assert r["old_device_accuracy_pct"]["goodness"] > 30  # learned (measured 54.8; chance 10)
     assert set(r["weight_copy"]) == {"accuracy_pct", "retained"}
     assert (out / "table.md").exists() and (out / "retained_vs_size.png").exists()
 
