@@ -89,18 +89,18 @@ def layer_losses(net: RecurrentStack, x: torch.Tensor, y_pos: torch.Tensor, y_ne
         states = net.initial(xx)
     totals = [torch.zeros((), device=x.device) for _ in net.layers]
     for _ in range(cfg.iterations):
-        ins = [i.detach() for i in net.inputs([s.detach() for s in states], xx, yy)]
+        ins = net.inputs(states, xx, yy)  # states are detached: nothing flows back in time
         new_states = []
         for j, (layer, s, i) in enumerate(zip(net.layers, states, ins, strict=True)):
             with autocast(x.device, cfg.dtype):
-                h = net.mix(s.detach(), layer(i))
+                h = net.mix(s, layer(i))
             g = ff.sum_squares(h)
             if cfg.loss == "pairwise":
                 loss = ff.pairwise_loss(g[:n], g[n:], cfg.temperature)
             else:
                 loss = ff.ff_loss(g[:n], g[n:], cfg.threshold * h.shape[1], cfg.temperature)
             totals[j] = totals[j] + loss / cfg.iterations
-            new_states.append(h)
+            new_states.append(h.detach())
         states = new_states
     return totals
 

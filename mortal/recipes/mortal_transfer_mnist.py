@@ -209,21 +209,21 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
     by_temp.sort(key=lambda r: r["temperature"])
     run.train_seconds = run.stages_seconds()
 
-    write_table(run.dir / "table.md", old_acc, copy_acc, by_size, by_labels, by_temp, cfg)
-    plot(run.dir / "retained_vs_size.png", by_size, by_labels, retained(copy_acc))
+    copied = {"accuracy_pct": copy_acc, "retained": retained(copy_acc)}
+    write_table(run.dir / "table.md", old_acc, copied, by_size, by_labels, by_temp, cfg)
+    plot(run.dir / "retained_vs_size.png", by_size, by_labels, copied["retained"])
     best = by_size[-1]
     return standard_results(
         RECIPE, cfg, run, n_train, 100 - best["accuracy_pct"]["goodness"],
         test_error_note=(f"test_error_pct is the new device taught by the old one on "
                          f"{best['transfer_size']} unlabelled images at T={cfg.temperature:g}"),
-        old_device_accuracy_pct=old_acc, weight_copy={"accuracy_pct": copy_acc,
-                                                      "retained": retained(copy_acc)},
+        old_device_accuracy_pct=old_acc, weight_copy=copied,
         from_teacher=by_size, from_labels=by_labels, temperature_sweep=by_temp,
         figures=["retained_vs_size.png"], dtype=cfg.dtype,
     )
 
 
-def write_table(path: Any, old_acc: dict, copy_acc: dict, by_size: list, by_labels: list,
+def write_table(path: Any, old_acc: dict, copied: dict, by_size: list, by_labels: list,
                 by_temp: list, cfg: Config) -> None:
     """The report's tables: accuracy and accuracy retained, both classification modes."""
     def cell(r: dict) -> str:
@@ -236,7 +236,7 @@ def write_table(path: Any, old_acc: dict, copy_acc: dict, by_size: list, by_labe
              "Cells: new-device test accuracy % (accuracy retained).", "",
              "| new device learns from | transfer images | by goodness | by readout |",
              "|---|---|---|---|",
-             f"| weight copy | - | {cell({'accuracy_pct': copy_acc, 'retained': {k: copy_acc[k] / old_acc[k] for k in copy_acc}})} |"]  # noqa: E501
+             f"| weight copy | - | {cell(copied)} |"]
     lines += [f"| old device, T={cfg.temperature:g} | {r['transfer_size']} | {cell(r)} |"
               for r in by_size]
     lines += [f"| true labels | {r['transfer_size']} | {cell(r)} |" for r in by_labels]
