@@ -59,7 +59,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not run.quiet:
         print(f"{recipe.name}: {recipe.setting}\nrun directory: {out}", file=sys.stderr)
     results = run.finish(recipe.train(cfg, run))
-    if not distributed.is_main():
+    main_process = distributed.is_main()
+    distributed.shutdown()  # leave the group together, before the interpreter tears down
+    if not main_process:
         return 0
     paper = results["paper_test_error_pct"]
     print(json.dumps(results, indent=2))

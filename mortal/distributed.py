@@ -24,6 +24,7 @@ hard-negative table, a resumed checkpoint) reach the others through `from_main`.
 from __future__ import annotations
 
 import datetime as _dt
+import gc
 import hashlib
 import json
 import os
@@ -82,11 +83,17 @@ def init(pipeline: int = 0, timeout: float | None = None) -> bool:
 
 
 def shutdown() -> None:
-    """Leave the process group (a no-op when there is none)."""
+    """Leave the process group (a no-op when there is none). Every process first waits at a
+    barrier, so none tears down its sockets (rank 0 also hosts the rendezvous store) while a
+    peer is still using them; gloo can abort a process that loses a peer mid-teardown."""
     global _pipeline_stages
     _pipeline_stages = 0
     if active():
-        dist.destroy_process_group()
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+        gc.collect()  # drop the backend's last references while the interpreter is whole
 
 
 def active() -> bool:

@@ -143,7 +143,7 @@ def test_data_parallel_and_pipeline_match_one_process(tmp_path):
     _single_process(_train_bp, tmp_path / "ref_bp")
     for p in procs:
         _, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err
+        assert p.returncode == 0, f"rank {procs.index(p)} exited {p.returncode}: {err}"
     ref = _without_seconds(read_metrics(tmp_path / "ref"))
     assert len(ref) == 3 and "test_error_pct" in ref[1] and "test_error_softmax_pct" in ref[2]
     # The pipeline: every logged number equal, bit for bit, to the single process's.
