@@ -31,7 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from mortal import distributed
 from mortal.arch.glom import Glom, update
+from mortal.config import ConfigError
 from mortal.loop import autocast, lr_factor, make_optimizer, set_lr
 from mortal.runs import Run, check_finite
 
@@ -57,23 +59,40 @@ class GlomRule:
 
 
 def info_nce(pred: torch.Tensor, target: torch.Tensor, tau: float,
-             far: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-level InfoNCE of predictions against targets, both (B, L, N, D): for column n of
-    image b, the positive is target[b, :, n] and the negatives the same column of the other
-    images, plus (with `far`, (L, N, N) bool) the same image's columns m with far[l, n, m]:
-    those outside the level's attention window. Returns (L,) losses averaged over images and
-    columns."""
+             far: torch.Tensor | None = None, offset: int = 0) -> torch.Tensor:
+    """Per-level InfoNCE of predictions (b, L, N, D) against targets (B, L, N, D): for column n
+    of image i, the positive is target[offset + i, :, n] and the negatives the same column of
+    the other images, plus (with `far`, (L, N, N) bool) the same image's columns m with
+    far[l, n, m]: those outside the level's attention window. The targets may be a larger batch
+    than the predictions (the global batch under data parallel, this process's images starting
+    at `offset`). Returns (L,) losses averaged over the predictions' images and columns."""
     p = F.normalize(pred.float(), dim=-1)
     t = F.normalize(target.float(), dim=-1)
-    logits = torch.einsum("blnd,clnd->blnc", p, t) / tau  # (B, L, N, B): other images
+    logits = torch.einsum("blnd,clnd->blnc", p, t) / tau  # (b, L, N, B): other images
     b, n_levels, n_cols, _ = logits.shape
     if far is not None:
-        inside = torch.einsum("blnd,blmd->blnm", p, t) / tau  # (B, L, N, N): same image
+        own = t[offset : offset + b]
+        inside = torch.einsum("blnd,blmd->blnm", p, own) / tau  # (b, L, N, N): same image
         logits = torch.cat([logits, inside.masked_fill(~far, float("-inf"))], -1)
-    labels = torch.arange(b, device=pred.device).view(b, 1, 1).expand(b, n_levels, n_cols)
+    labels = torch.arange(offset, offset + b, device=pred.device).view(b, 1, 1).expand(
+        b, n_levels, n_cols)
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                          reduction="none")
     return ce.view(b, n_levels, n_cols).mean((0, 2))
+
+
+def global_batch(t: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Under data parallel, the (detached) rows of `t` of every process in rank order, and
+    where this process's rows start; `t` and 0 otherwise. InfoNCE takes its negatives from
+    the global batch with it, so the loss is the one a single process computes on the whole
+    batch. No gradient flows back through the gather (its callers gather only stop-gradient
+    targets)."""
+    if not distributed.data_parallel():
+        return t, 0
+    t = t.detach().contiguous()
+    parts = [torch.empty_like(t) for _ in range(distributed.world())]
+    torch.distributed.all_gather(parts, t)
+    return torch.cat(parts), distributed.rank() * len(t)
 
 
 def far_mask(model: Glom) -> torch.Tensor:
@@ -95,8 +114,10 @@ def local_losses(model: Glom, cols: torch.Tensor, e: torch.Tensor, dtype: str
         bu = model.bottom_up(cols, e)
         td = model.top_down(e)
     tau, far = model_tau(model), far_mask(model) if model_far(model) else None
-    return {"bu": info_nce(bu, att, tau, far),
-            "td": info_nce(td, att[:, :-1], tau, None if far is None else far[:-1])}, bu, td, att
+    att_all, off = global_batch(att)  # negatives from every process's images
+    return {"bu": info_nce(bu, att_all, tau, far, off),
+            "td": info_nce(td, att_all[:, :-1], tau, None if far is None else far[:-1], off)
+            }, bu, td, att
 
 
 def model_tau(model: Glom) -> float:
@@ -109,10 +130,14 @@ def model_far(model: Glom) -> bool:
     return bool(getattr(model, "far_negatives", False))
 
 
-def local_step(model: Glom, x: torch.Tensor, rule: GlomRule, opt: torch.optim.Optimizer
-               ) -> dict[str, float]:
+def local_step(model: Glom, x: torch.Tensor, rule: GlomRule, opt: torch.optim.Optimizer,
+               sync: Callable[[], None] | None = None) -> dict[str, float]:
     """mode=local: `iterations` iterations, each net regressing the detached consensus at its
-    level; gradients accumulate over iterations and every net steps once."""
+    level; gradients accumulate over iterations (averaged over processes by `sync`, under data
+    parallel, where x is the global batch and this process trains on its slice) and every net
+    steps once."""
+    if sync is not None:
+        x = distributed.shard(x)
     cols = model.columns(x)
     with torch.no_grad(), autocast(x.device, rule.dtype):
         e = model.init_state(cols)
@@ -125,6 +150,10 @@ def local_step(model: Glom, x: torch.Tensor, rule: GlomRule, opt: torch.optim.Op
         bu_sum = bu_sum + losses["bu"].detach()
         td_sum = td_sum + losses["td"].detach()
         e = update(e, bu.detach(), td.detach(), att, model.spec.weights)
+    if sync is not None:
+        sync()
+        bu_sum = distributed.all_sum(bu_sum) / distributed.world()
+        td_sum = distributed.all_sum(td_sum) / distributed.world()
     opt.step()
     out = {f"loss_bu{i}": float(v) / rule.iterations for i, v in enumerate(bu_sum)}
     out.update({f"loss_td{i}": float(v) / rule.iterations for i, v in enumerate(td_sum)})
@@ -147,13 +176,19 @@ def patches(x: torch.Tensor, patch: int) -> torch.Tensor:
 
 
 def paper_step(model: Glom, head: nn.Module, x: torch.Tensor, y: torch.Tensor | None,
-               rule: GlomRule, opt: torch.optim.Optimizer, g: torch.Generator
-               ) -> dict[str, float]:
+               rule: GlomRule, opt: torch.optim.Optimizer, g: torch.Generator,
+               sync: Callable[[], None] | None = None) -> dict[str, float]:
     """mode=paper (denoise masked columns from level 0, + InfoNCE regulariser) or
     mode=supervised (cross-entropy from the top level's mean): backprop through every
-    iteration and level."""
+    iteration and level. Under data parallel (`sync` given) x, y are the global batch: the
+    mask is drawn for all of it, this process trains on its slice, `sync` averages the
+    gradients, and the masked-pixel mean is over the global batch's masked columns."""
     p = model.spec.patch
     x_in, masked = mask_columns(x, p, rule.mask_frac, g) if rule.mode == "paper" else (x, None)
+    if sync is not None:
+        x, x_in = distributed.shard(x), distributed.shard(x_in)
+        y = None if y is None else distributed.shard(y)
+        masked = None if masked is None else distributed.shard(masked)
     cols = model.columns(x_in)
     with autocast(x.device, rule.dtype):
         e = model.init_state(cols)
@@ -163,14 +198,18 @@ def paper_step(model: Glom, head: nn.Module, x: torch.Tensor, y: torch.Tensor | 
             bu, td = model.bottom_up(cols, e), model.top_down(e)
             if rule.mode == "paper":
                 far = far_mask(model) if rule.far_negatives else None
-                reg = reg + info_nce(bu, att.detach(), rule.tau, far).mean() \
-                    + info_nce(td, att[:, :-1].detach(), rule.tau,
-                               None if far is None else far[:-1]).mean()
+                att_all, off = global_batch(att.detach())
+                reg = reg + info_nce(bu, att_all, rule.tau, far, off).mean() \
+                    + info_nce(td, att_all[:, :-1], rule.tau,
+                               None if far is None else far[:-1], off).mean()
             e = update(e, bu, td, att, model.spec.weights)
         if rule.mode == "paper":
             recon = head(e[:, 0])  # (B, N, C p^2)
             err = (recon.float() - patches(x, p)).pow(2).mean(2)  # (B, N)
-            main = (err * masked).sum() / masked.sum().clamp_min(1)
+            count = masked.sum().float()
+            if sync is not None:  # the global batch's count; the mean of the ranks' losses
+                count = distributed.all_sum(count.clone()) / distributed.world()
+            main = (err * masked).sum() / count.clamp_min(1)
             loss = main + rule.contrast_weight * reg / rule.iterations
         else:
             logits = head(e[:, -1].mean(1))
@@ -178,8 +217,12 @@ def paper_step(model: Glom, head: nn.Module, x: torch.Tensor, y: torch.Tensor | 
             loss = main
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    stats = torch.stack([main.detach().float(), loss.detach().float()])
+    if sync is not None:
+        sync()
+        stats = distributed.all_sum(stats) / distributed.world()
     opt.step()
-    return {"loss_main": float(main), "loss_total": float(loss)}
+    return {"loss_main": float(stats[0]), "loss_total": float(stats[1])}
 
 
 def make_head(model: Glom, rule: GlomRule) -> nn.Module:
@@ -199,13 +242,27 @@ def train(model: Glom, head: nn.Module, batch: Callable[[int], tuple[torch.Tenso
           ) -> dict[str, float]:
     """`steps` training steps on `batch(step) -> (x, y)` in `rule.mode`, logging the mean
     losses every `log_every` steps (as "epoch" = step / log_every) with a checkpoint, so a
-    killed run resumes where it stopped. `on_log(step)` adds evaluation metrics to a row."""
+    killed run resumes where it stopped. `on_log(step)` adds evaluation metrics to a row.
+
+    Data parallel under torch.distributed: every process draws the same global batch and
+    trains on its slice; gradients are averaged across processes before each step, InfoNCE
+    takes its negatives from the global batch, rank 0 evaluates (`on_log`) and writes."""
     if rule.mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {rule.mode!r}")
+    if distributed.pipeline_stages():
+        raise ConfigError("--pipeline is for FF layer stacks; GLOM needs the whole net in every "
+                          "process: use --nproc N (data parallel)")
     model.tau = rule.tau
     model.far_negatives = rule.far_negatives
     params = list(model.parameters()) + list(head.parameters())
     opt = make_optimizer("adam", params, rule.lr, rule.weight_decay)
+    sync = None
+    if distributed.data_parallel():
+        averager = distributed.GradAverager()
+
+        def sync() -> None:
+            averager.finish(averager.start(params))
+
     g = torch.Generator().manual_seed(seed + 17)
     start, state = run.resume_state()
     if state is not None:
@@ -222,9 +279,9 @@ def train(model: Glom, head: nn.Module, batch: Callable[[int], tuple[torch.Tenso
             set_lr(opt, rule.lr * lr_factor(rule.schedule, step, steps))
             x, y = batch(step)
             if rule.mode == "local":
-                stats = local_step(model, x, rule, opt)
+                stats = local_step(model, x, rule, opt, sync)
             else:
-                stats = paper_step(model, head, x, y, rule, opt, g)
+                stats = paper_step(model, head, x, y, rule, opt, g, sync)
         check_finite(stats, step, f"GLOM {rule.mode}")
         for k, v in stats.items():
             sums[k] = sums.get(k, 0.0) + v
@@ -232,7 +289,7 @@ def train(model: Glom, head: nn.Module, batch: Callable[[int], tuple[torch.Tenso
             n = (step % log_every) + 1
             row = {k: v / n for k, v in sums.items()}
             if on_log is not None:
-                row.update(on_log(step + 1))
+                row.update(distributed.from_main(lambda s=step + 1: on_log(s)))
             run.log(epoch=(step + 1) // log_every if (step + 1) % log_every == 0
                     else round((step + 1) / log_every, 3), step=step + 1,
                     seconds=round(run.train_seconds, 2), **row)

@@ -1,0 +1,124 @@
+"""GLOM data parallel (issue #9): two processes over gloo train like one process on the combined
+batch, in mode=local (InfoNCE negatives from the global batch, far negatives on) and mode=paper
+(the masked-pixel mean over the global batch's masked columns), and a run stopped after its
+first checkpoint resumes under two processes to the uninterrupted run's end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mortal import distributed
+from mortal.arch.glom import Glom, GlomSpec
+from mortal.rules import glom as rule_mod
+from mortal.runs import Run, read_metrics
+
+from .conftest import REPO
+
+SPEC = GlomSpec(image=(1, 12, 12), n_levels=3, dim=8, hidden=16, pos_freqs=2,
+                weights=(1.0, 0.5, 0.5, 1.0), beta=3.0, radius=(1.5, 2.5, 0.0))
+BATCH, STEPS, LOG_EVERY = 8, 4, 2
+
+
+def _batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The global batch of a step: the same on every process (seeded by the step)."""
+    g = torch.Generator().manual_seed(1000 + step)
+    x = (torch.rand(BATCH, *SPEC.image, generator=g) > 0.6).float()
+    return x, torch.randint(0, 3, (BATCH,), generator=g)
+
+
+class _Stop(Exception):
+    """Raised by the batch of the step a stopped run does not reach."""
+
+
+def _train(out: Path, mode: str, stop_at: int | None = None, resume: bool = False) -> Glom:
+    """A tiny GLOM trained for STEPS steps in fp32 (stopped before step `stop_at` if given)."""
+    torch.manual_seed(0)
+    model = Glom(SPEC)
+    rule = rule_mod.GlomRule(mode=mode, iterations=2, lr=1e-2, tau=0.2, far_negatives=True,
+                             n_classes=3, dtype="float32")
+    head = rule_mod.make_head(model, rule)
+
+    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if step == stop_at:
+            raise _Stop
+        return _batch(step)
+
+    def on_log(step: int) -> dict[str, float]:  # an evaluation: rank 0 computes it, once
+        e = rule_mod.states(model, _batch(99)[0], 2, "float32")
+        return {"eval_mean": float(e.mean()), "rank_that_evaluated": float(distributed.rank())}
+
+    run = Run(out, "t", {"mode": mode}, quiet=True, resume=resume)
+    try:
+        rule_mod.train(model, head, batch, STEPS, rule, run, log_every=LOG_EVERY, seed=0,
+                       progress=False, on_log=on_log)
+    except _Stop:
+        pass
+    return model
+
+
+def _runs(out: Path) -> dict[str, Glom]:
+    """Both modes, and the local mode stopped after its first checkpoint then resumed."""
+    nets = {mode: _train(out / mode, mode) for mode in ("local", "paper")}
+    _train(out / "resumed", "local", stop_at=LOG_EVERY)
+    nets["resumed"] = _train(out / "resumed", "local", resume=True)
+    return nets
+
+
+def _worker(out: Path) -> None:
+    """One of two data-parallel processes."""
+    torch.set_num_threads(1)
+    distributed.init()
+    r = distributed.rank()
+    for name, net in _runs(out / "dp").items():
+        torch.save(net.state_dict(), out / f"{name}_weights{r}.pt")
+    distributed.shutdown()
+
+
+def _without_seconds(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+def test_glom_data_parallel_matches_one_process(tmp_path):
+    port = distributed.free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.test_distributed_glom", str(tmp_path)],
+                              cwd=REPO, env=distributed.local_env(r, 2, port),
+                              stderr=subprocess.PIPE, text=True) for r in range(2)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each worker
+    try:
+        ref = _runs(tmp_path / "ref")  # meanwhile, the single process on the combined batch
+    finally:
+        torch.set_num_threads(threads)
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, f"rank {procs.index(p)} exited {p.returncode}: {err}"
+    for name in ("local", "paper", "resumed"):
+        want = _without_seconds(read_metrics(tmp_path / "ref" / name))
+        got = _without_seconds(read_metrics(tmp_path / "dp" / name))
+        assert len(want) == STEPS // LOG_EVERY
+        assert ("loss_bu0" if name != "paper" else "loss_main") in want[0]
+        assert [sorted(r) for r in got] == [sorted(r) for r in want], name
+        for g_row, w_row in zip(got, want, strict=True):
+            assert g_row["rank_that_evaluated"] == 0.0
+            for k, v in w_row.items():
+                assert g_row[k] == pytest.approx(v, rel=1e-4, abs=1e-6), (name, k)
+        w0, w1 = (torch.load(tmp_path / f"{name}_weights{r}.pt") for r in range(2))
+        for k, v in ref[name].state_dict().items():
+            assert torch.equal(w0[k], w1[k]), (name, k)  # the replicas never drift apart
+            assert torch.allclose(w0[k], v, rtol=1e-4, atol=1e-6), (name, k)
+    # the stopped-and-resumed run ends where the uninterrupted one does, in both settings
+    for where in ("ref", "dp"):
+        resumed = _without_seconds(read_metrics(tmp_path / where / "resumed"))
+        assert resumed == _without_seconds(read_metrics(tmp_path / where / "local")), where
+    for k, v in ref["local"].state_dict().items():
+        assert torch.equal(ref["resumed"].state_dict()[k], v), k
+    assert not (tmp_path / "dp" / "local" / "metrics.jsonl.tmp").exists()
+
+
+if __name__ == "__main__":  # a worker of test_glom_data_parallel_matches_one_process
+    _worker(Path(sys.argv[1]))
