@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import torch
 
+from mortal import distributed
 from mortal.config import check
 from mortal.loop import device_of, seed_everything
 from mortal.recipes import Recipe, register
@@ -140,10 +141,7 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
     y1h = torch.eye(10, device=device)[data.y_train]
     rbms = greedy(cfg, run, data.x_train, y1h)
     dbn = bz.DBN.from_stack(rbms)
-    greedy_err = dbn_error(dbn, data.x_test, data.y_test)
-    feats = [top_features(dbn, x) for x in (data.x_train, data.x_test)]
-    readout = readout_error(feats[0], data.y_train, feats[1], data.y_test, cfg.readout_epochs,
-                            cfg.seed)
+    greedy_err, readout = distributed.from_main(lambda: greedy_scores(cfg, dbn, data))
     if not run.quiet:
         print(f"greedy: test error {greedy_err:.2f} % (free energy), {readout:.2f} % "
               f"(linear readout)", flush=True)
@@ -175,6 +173,23 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
         stage.finish_stage(scores)
         ud_err = scores["test_error_pct"]
         out["updown_test_error_pct"] = round(ud_err, 4)
+    return distributed.from_main(lambda: report(cfg, run, dbn, data, greedy_err, readout, bp,
+                                                ud_err, out))
+
+
+def greedy_scores(cfg: Config, dbn: bz.DBN, data: Split) -> tuple[float, float]:
+    """Test errors (%) of the greedy stack: by free energy, and by a linear readout."""
+    greedy_err = dbn_error(dbn, data.x_test, data.y_test)
+    feats = [top_features(dbn, x) for x in (data.x_train, data.x_test)]
+    readout = readout_error(feats[0], data.y_train, feats[1], data.y_test, cfg.readout_epochs,
+                            cfg.seed)
+    return greedy_err, readout
+
+
+def report(cfg: Config, run: Any, dbn: bz.DBN, data: Split, greedy_err: float, readout: float,
+           bp: dict[str, Any] | None, ud_err: float | None, out: dict[str, Any]
+           ) -> dict[str, Any]:
+    """The saved DBN, its dreams, the table and the results (rank 0 only when distributed)."""
     run.train_seconds = run.stages_seconds()
     ckpt.save(run.dir / "dbn.safetensors", {"dbn": dbn.state(), "widths": list(cfg.widths)})
     save_grid(run.dir / "dreams.png", dream(dbn, 10, 1000, cfg.seed).cpu().reshape(10, 10, -1)

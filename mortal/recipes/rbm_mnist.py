@@ -25,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from mortal import distributed
 from mortal.config import check
 from mortal.loop import device_of, seed_everything
 from mortal.recipes import Recipe, register
@@ -136,6 +137,14 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
     rbm = bz.RBM.init(data.x_train.shape[1], cfg.n_hidden, cfg.seed, b=base_b,
                       hidden=cfg.hidden).to(device)
     out = bz.train_rbm(rbm, data.x_train, rbm_training(cfg), run, progress=not run.quiet)
+    # data parallel: rank 0 evaluates and writes; every process returns its results
+    return distributed.from_main(lambda: report(cfg, run, rbm, data, base_b, out))
+
+
+def report(cfg: Config, run: Any, rbm: bz.RBM, data: Split, base_b: torch.Tensor,
+           out: dict[str, float]) -> dict[str, Any]:
+    """AIS log-likelihoods beside the paper's, samples, filters, a readout, and the table."""
+    device = rbm.w.device
     evals: dict[str, Any] = {}
     if cfg.hidden == "binary":  # AIS needs the closed-form free energy of binary hidden units
         ais = bz.ais_log_z(rbm, base_b, bz.ais_betas(*cfg.ais_betas), cfg.ais_runs, cfg.seed)

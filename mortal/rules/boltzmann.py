@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mortal import distributed
 from mortal.loop import DTYPES, epoch_order
 from mortal.runs import Run, check_finite
 
@@ -39,9 +40,42 @@ def mm(a: torch.Tensor, b: torch.Tensor, dtype: str = "float32") -> torch.Tensor
     return (a.to(dt) @ b.to(dt)).float()
 
 
-def bernoulli(p: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+@dataclass
+class ShardRNG:
+    """A generator for one data-parallel process: every draw is that of the whole global batch
+    (`world` times this process's rows), of which the process keeps its own slice of rows, so
+    the samples are those one process would draw on the combined batch (at `world` times the
+    random-number cost)."""
+
+    g: torch.Generator
+    rank: int
+    world: int
+
+
+Rng = torch.Generator | ShardRNG | None
+
+
+def _draw(fn: Callable[..., torch.Tensor], shape: torch.Size, g: Rng,
+          device: torch.device) -> torch.Tensor:
+    """fn(shape) from generator g; under a ShardRNG, this process's rows of the global draw."""
+    if isinstance(g, ShardRNG):
+        full = fn((shape[0] * g.world, *shape[1:]), generator=g.g, device=device)
+        return distributed.shard(full, g.rank, g.world)
+    return fn(shape, generator=g, device=device)
+
+
+def gather_rows(t: torch.Tensor, g: ShardRNG) -> torch.Tensor:
+    """The global batch assembled from every process's rows (process r holds rows r*b..(r+1)*b):
+    a sum over processes of zero-padded copies, so exact."""
+    b = t.shape[0]
+    full = t.new_zeros((b * g.world, *t.shape[1:]))
+    full[g.rank * b:(g.rank + 1) * b] = t
+    return distributed.all_sum(full)
+
+
+def bernoulli(p: torch.Tensor, g: Rng = None) -> torch.Tensor:
     """Binary samples with P(1) = p (float 0/1, the same shape as p)."""
-    return (torch.rand(p.shape, generator=g, device=p.device) < p).float()
+    return (_draw(torch.rand, p.shape, g, p.device) < p).float()
 
 
 # --- binary RBM -----------------------------------------------------------------------------
@@ -100,11 +134,11 @@ def hidden_mean(rbm: RBM, x: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(x) if rbm.hidden == "binary" else x.clamp(min=0)
 
 
-def hidden_sample(rbm: RBM, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+def hidden_sample(rbm: RBM, x: torch.Tensor, g: Rng = None) -> torch.Tensor:
     """h ~ p(h | input x). Noisy ReLU (Nair & Hinton 2010): max(0, x + N(0, sigmoid(x)))."""
     if rbm.hidden == "binary":
         return bernoulli(torch.sigmoid(x), g)
-    noise = torch.randn(x.shape, generator=g, device=x.device) * torch.sigmoid(x).sqrt()
+    noise = _draw(torch.randn, x.shape, g, x.device) * torch.sigmoid(x).sqrt()
     return (x + noise).clamp(min=0)
 
 
@@ -117,12 +151,16 @@ def visible_probs(rbm: RBM, h: torch.Tensor, dtype: str = "float32") -> torch.Te
     return torch.cat([torch.sigmoid(x[:, :-k]), torch.softmax(x[:, -k:], 1)], 1)
 
 
-def visible_sample(rbm: RBM, p: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+def visible_sample(rbm: RBM, p: torch.Tensor, g: Rng = None) -> torch.Tensor:
     """v ~ p(v | h) given its probabilities `p` (one-hot for the softmax group)."""
     if not rbm.n_softmax:
         return bernoulli(p, g)
     k = rbm.n_softmax
-    pick = torch.multinomial(p[:, -k:], 1, generator=g)
+    if isinstance(g, ShardRNG):  # the global batch's softmax probabilities, then our rows
+        full = gather_rows(p[:, -k:].contiguous(), g)
+        pick = distributed.shard(torch.multinomial(full, 1, generator=g.g), g.rank, g.world)
+    else:
+        pick = torch.multinomial(p[:, -k:], 1, generator=g)
     onehot = torch.zeros_like(p[:, -k:]).scatter_(1, pick, 1.0)
     return torch.cat([bernoulli(p[:, :-k], g), onehot], 1)
 
@@ -139,7 +177,7 @@ class GibbsChain:
 
     v: torch.Tensor
 
-    def run(self, rbm: RBM, k: int, g: torch.Generator | None = None, dtype: str = "float32"
+    def run(self, rbm: RBM, k: int, g: Rng = None, dtype: str = "float32"
             ) -> tuple[torch.Tensor, torch.Tensor]:
         """k sweeps h ~ p(h|v), v ~ p(v|h); returns (p(v|h) of the last sweep, E[h|v] of the new v)
         and keeps the sampled v as the chain's state."""
@@ -152,7 +190,7 @@ class GibbsChain:
 
 
 def cd_gradient(rbm: RBM, v0: torch.Tensor, k: int = 1, chain: GibbsChain | None = None,
-                g: torch.Generator | None = None, dtype: str = "float32"
+                g: Rng = None, dtype: str = "float32"
                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """The CD-k estimate of the log-likelihood gradient (ascent direction) on the batch v0, the
     batch's one-step reconstruction probabilities and the negative-phase visible sample v_k.
@@ -173,6 +211,14 @@ def cd_gradient(rbm: RBM, v0: torch.Tensor, k: int = 1, chain: GibbsChain | None
     grads = {"w": (mm(v0.T, h0, dtype) - mm(vk.T, hk, dtype)) / n,
              "b": (v0 - vk).mean(0), "c": (h0 - hk).mean(0)}
     return grads, recon, vk
+
+
+def average_over_processes(grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each gradient averaged across data-parallel processes (one all-reduce of them all)."""
+    flat = distributed.all_sum(torch.cat([t.reshape(-1) for t in grads.values()]))
+    flat /= distributed.world()
+    parts = flat.split([t.numel() for t in grads.values()])
+    return {k: p.view_as(t) for (k, t), p in zip(grads.items(), parts, strict=True)}
 
 
 @dataclass
@@ -207,11 +253,18 @@ def train_rbm(rbm: RBM, x: torch.Tensor, cfg: RBMTraining, run: Run | None = Non
               labels: torch.Tensor | None = None) -> dict[str, float]:
     """Train `rbm` on rows of `x` by CD-k or PCD with momentum and weight decay; resumable when
     `run` is given (a checkpoint per epoch). `labels` (one-hot) are appended to each batch as the
-    softmax visible units (a DBN's top layer). Returns the final reconstruction error."""
+    softmax visible units (a DBN's top layer). Returns the final reconstruction error.
+
+    Data parallel under torch.distributed: every process takes its slice of each global batch,
+    draws its random numbers as its rows of the global batch's draw (`ShardRNG`), and the CD
+    statistics are averaged across processes, so the run is that of one process on the combined
+    batch up to rounding order; persistent chains are gathered for checkpoints."""
     n = x.shape[0]
     steps = n // cfg.batch_size
     vel = {k: torch.zeros_like(v) for k, v in rbm.state().items()}
     g = torch.Generator(device=x.device).manual_seed(cfg.seed)
+    dp = distributed.data_parallel()
+    rng: Rng = ShardRNG(g, distributed.rank(), distributed.world()) if dp else g
     chain = None
     start = 0
     if run is not None:
@@ -220,7 +273,8 @@ def train_rbm(rbm: RBM, x: torch.Tensor, cfg: RBMTraining, run: Run | None = Non
             rbm.load(state["rbm"])
             vel = state["vel"]
             g.set_state(state["gen"])
-            chain = GibbsChain(state["chain"]) if state.get("chain") is not None else None
+            if state.get("chain") is not None:  # saved whole: this process's rows of it
+                chain = GibbsChain(distributed.shard(state["chain"]) if dp else state["chain"])
     row: dict[str, float] = {}
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
@@ -230,28 +284,36 @@ def train_rbm(rbm: RBM, x: torch.Tensor, cfg: RBMTraining, run: Run | None = Non
         order = epoch_order(n, cfg.seed, epoch, x.device)
         for i in range(steps):
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            v0 = bernoulli(x[idx], g) if cfg.sample_inputs else x[idx]
+            if dp:
+                idx = distributed.shard(idx)  # this process's rows of the global batch
+            v0 = bernoulli(x[idx], rng) if cfg.sample_inputs else x[idx]
             if labels is not None:
                 v0 = torch.cat([v0, labels[idx]], 1)
             if cfg.persistent and chain is None:
                 chain = GibbsChain(v0.clone())
             frac = (epoch * steps + i) / (cfg.epochs * steps)
             lr = cfg.lr * (1 - frac if cfg.lr_decay == "linear" else 1.0)
-            grads, recon, _ = cd_gradient(rbm, v0, k, chain if cfg.persistent else None, g,
+            grads, recon, _ = cd_gradient(rbm, v0, k, chain if cfg.persistent else None, rng,
                                           cfg.dtype)
+            if dp:
+                grads = average_over_processes(grads)
             grads["w"] = grads["w"] - cfg.weight_decay * rbm.w
             for key, p in rbm.state().items():
                 vel[key].mul_(mom).add_(grads[key], alpha=lr)
                 p.add_(vel[key])
             err += ((v0 - recon) ** 2).sum() / v0.shape[0]
+        if dp:
+            err = distributed.all_sum(err) / distributed.world()
         check_finite({f"{name}.w": rbm.w, f"{name}.c": rbm.c}, epoch, name)
         row = {"epoch": epoch + 1, f"{name}_recon_error": float(err) / steps, f"{name}_k": k,
                f"{name}_seconds": time.perf_counter() - t0}
         if run is not None:
             run.train_seconds += row[f"{name}_seconds"]
             run.log(**row)
+            whole = None if chain is None else (
+                gather_rows(chain.v, rng) if isinstance(rng, ShardRNG) else chain.v)
             run.save(epoch + 1, {"rbm": rbm.state(), "vel": vel, "gen": g.get_state(),
-                                 "chain": chain.v if chain is not None else None})
+                                 "chain": whole})
         if progress:
             print(f"{name} epoch {epoch + 1}/{cfg.epochs}: recon error "
                   f"{row[f'{name}_recon_error']:.3f} (k={k}, {row[f'{name}_seconds']:.1f} s)",
@@ -414,7 +476,7 @@ def grbm_cd_loss(m: GRBM, v_data: torch.Tensor, v_model: torch.Tensor) -> torch.
 
 # --- deep belief nets -------------------------------------------------------------------------
 def layer_input(rbm: RBM, x: torch.Tensor, mode: Literal["means", "samples"],
-                g: torch.Generator | None = None, dtype: str = "float32",
+                g: Rng = None, dtype: str = "float32",
                 batch_size: int = 10000) -> torch.Tensor:
     """What the next layer of a greedy stack is trained on: E[h|x] ("means") or a binary sample
     of h given x ("samples")."""
@@ -499,7 +561,7 @@ def dbn_predict(dbn: DBN, v: torch.Tensor, batch_size: int = 2000) -> torch.Tens
 
 
 def updown_step(dbn: DBN, v: torch.Tensor, y: torch.Tensor, k: int, lr: float,
-                g: torch.Generator | None = None, dtype: str = "float32",
+                g: Rng = None, dtype: str = "float32",
                 weight_decay: float = 0.0) -> None:
     """One update of the up-down (contrastive wake-sleep) algorithm on the batch (v, one-hot y).
 
@@ -516,18 +578,27 @@ def updown_step(dbn: DBN, v: torch.Tensor, y: torch.Tensor, k: int, lr: float,
     sleep = [neg[:, :-dbn.top.n_softmax]]
     for w, b in reversed(dbn.gen):
         sleep.insert(0, bernoulli(torch.sigmoid(mm(sleep[0], w.T, dtype) + b), g))
+    # Every update is computed from the weights before this step; data parallel (a ShardRNG):
+    # the batch statistics are averaged across processes first, in one all-reduce.
+    stats = {"top." + key: t for key, t in grads.items()}
     for i, (w, b) in enumerate(dbn.gen):  # wake phase: generative weights
         err = wake[i] - torch.sigmoid(mm(wake[i + 1], w.T, dtype) + b)
-        w.add_(lr * (mm(err.T, wake[i + 1], dtype) / n - weight_decay * w))
-        b.add_(lr * err.mean(0))
-    top = dbn.top
-    top.w.add_(lr * (grads["w"] - weight_decay * top.w))
-    top.b.add_(lr * grads["b"])
-    top.c.add_(lr * grads["c"])
+        stats[f"gen{i}.w"], stats[f"gen{i}.b"] = mm(err.T, wake[i + 1], dtype) / n, err.mean(0)
     for i, (w, c) in enumerate(dbn.rec):  # sleep phase: recognition weights
-        pred = torch.sigmoid(mm(sleep[i], w, dtype) + c)
-        w.add_(lr * (mm(sleep[i].T, sleep[i + 1] - pred, dtype) / n - weight_decay * w))
-        c.add_(lr * (sleep[i + 1] - pred).mean(0))
+        d = sleep[i + 1] - torch.sigmoid(mm(sleep[i], w, dtype) + c)
+        stats[f"rec{i}.w"], stats[f"rec{i}.c"] = mm(sleep[i].T, d, dtype) / n, d.mean(0)
+    if isinstance(g, ShardRNG):
+        stats = average_over_processes(stats)
+    for i, (w, b) in enumerate(dbn.gen):
+        w.add_(lr * (stats[f"gen{i}.w"] - weight_decay * w))
+        b.add_(lr * stats[f"gen{i}.b"])
+    top = dbn.top
+    top.w.add_(lr * (stats["top.w"] - weight_decay * top.w))
+    top.b.add_(lr * stats["top.b"])
+    top.c.add_(lr * stats["top.c"])
+    for i, (w, c) in enumerate(dbn.rec):
+        w.add_(lr * (stats[f"rec{i}.w"] - weight_decay * w))
+        c.add_(lr * stats[f"rec{i}.c"])
 
 
 
@@ -580,6 +651,8 @@ def train_updown(dbn: DBN, x: torch.Tensor, y_onehot: torch.Tensor, cfg: UpDownT
     n = x.shape[0]
     steps = n // cfg.batch_size
     g = torch.Generator(device=x.device).manual_seed(cfg.seed + 777)
+    dp = distributed.data_parallel()  # as train_rbm: rows of the global batch, averaged updates
+    rng: Rng = ShardRNG(g, distributed.rank(), distributed.world()) if dp else g
     start, state = run.resume_state()
     if state is not None:
         dbn.load(state["dbn"])
@@ -591,13 +664,14 @@ def train_updown(dbn: DBN, x: torch.Tensor, y_onehot: torch.Tensor, cfg: UpDownT
             order = epoch_order(n, cfg.seed + 31, epoch, x.device)
             for i in range(steps):
                 idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-                updown_step(dbn, x[idx], y_onehot[idx], k, cfg.lr, g, cfg.dtype,
+                idx = distributed.shard(idx) if dp else idx
+                updown_step(dbn, x[idx], y_onehot[idx], k, cfg.lr, rng, cfg.dtype,
                             cfg.weight_decay)
         check_finite({"top.w": dbn.top.w, **{f"rec{i}.w": w for i, (w, _) in
                                              enumerate(dbn.rec)}}, epoch, "up-down")
         row: dict[str, Any] = {"epoch": epoch + 1, "updown_k": k}
         if evaluate is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == cfg.epochs):
-            scores = evaluate(dbn)
+            scores = distributed.from_main(lambda: evaluate(dbn))
             row.update(scores)
         run.log(**row, seconds=run.train_seconds)
         run.save(epoch + 1, {"dbn": dbn.state(), "gen": g.get_state()})
