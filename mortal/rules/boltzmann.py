@@ -398,6 +398,49 @@ def ais_log_z(rbm: RBM, base_b: torch.Tensor, betas: torch.Tensor | None = None,
     return AISResult(log_z_a + log_mean, low, log_z_a + log_mean + math.log1p(3 * rel_se), log_w)
 
 
+def _log_f(rbm: RBM, base_b: torch.Tensor, v: torch.Tensor, x: torch.Tensor, beta: float
+           ) -> torch.Tensor:
+    """log of the unnormalised marginal of v at inverse temperature beta (the AIS path), given
+    x = v w + c: (1 - beta) v.base_b + beta v.b + sum_j softplus(beta x_j); (batch,) fp64."""
+    return ((1 - beta) * (v @ base_b) + beta * (v @ rbm.b)
+            + F.softplus(beta * x).sum(1)).double()
+
+
+def raise_log_prob(rbm: RBM, base_b: torch.Tensor, v: torch.Tensor,
+                   betas: torch.Tensor | None = None, n_chains: int = 1, seed: int = 0
+                   ) -> torch.Tensor:
+    """RAISE (Burda, Grosse & Salakhutdinov 2015): for each row of v, a stochastic lower bound
+    on log p_ann(v), the log-probability under the distribution AIS's final samples follow (the
+    RBM itself as the schedule grows). The annealing chain is run backwards: start at v, take a
+    Gibbs sweep at each beta from 1 down to 0, and weight the path by
+    p_base(v_0) prod_k f_k(v_k) / f_k(v_(k-1)); E[weight] = p_ann(v), so log of the mean weight
+    over `n_chains` chains errs low. Returns (rows,) fp64. Where AIS missed part of Z, AIS
+    log-likelihoods come out above these (the check of the paper's section 4)."""
+    betas = ais_betas() if betas is None else betas
+    g = torch.Generator(device=rbm.w.device).manual_seed(seed)
+    base_b = base_b.to(rbm.w)
+    vk = v.float().repeat_interleave(n_chains, 0)
+    x = vk @ rbm.w + rbm.c
+    log_w = torch.zeros(vk.shape[0], dtype=torch.float64, device=rbm.w.device)
+    for beta in reversed(betas[1:].tolist()):  # T_k at beta_k, k = K .. 1
+        log_w += _log_f(rbm, base_b, vk, x, beta)
+        h = bernoulli(torch.sigmoid(beta * x), g)
+        vk = bernoulli(torch.sigmoid((1 - beta) * base_b + beta * (h @ rbm.w.T + rbm.b)), g)
+        x = vk @ rbm.w + rbm.c
+        log_w -= _log_f(rbm, base_b, vk, x, beta)
+    log_w += (vk @ base_b).double() - float(F.softplus(base_b.double()).sum())  # log p_base
+    per_row = log_w.view(-1, n_chains)
+    return torch.logsumexp(per_row, 1) - math.log(n_chains)
+
+
+def log_z_lower_bound(rbm: RBM, states: torch.Tensor) -> float:
+    """A sure lower bound on log Z: log sum of exp(-F(v)) over the distinct rows of `states`
+    (any visible vectors, e.g. the training set or long Gibbs chains' states). If it exceeds an
+    AIS estimate, AIS has missed probability mass."""
+    distinct = torch.unique(states.float(), dim=0)
+    return float(torch.logsumexp(-free_energy(rbm, distinct).double(), 0))
+
+
 def mean_log_prob(rbm: RBM, v: torch.Tensor, log_z: float, batch_size: int = 5000) -> float:
     """Average log p(v) in nats over the rows of v: -F(v) - log Z."""
     neg_f = torch.cat([-free_energy(rbm, v[i:i + batch_size])
