@@ -104,6 +104,23 @@ def test_info_nce_hand_computed():
     loss = rule.info_nce(t, t, tau=1.0)
     # logits [[1, 0], [0, 1]]: -log(e / (e + 1)) for each image
     assert loss.item() == pytest.approx(math.log(1 + math.exp(-1)), rel=1e-6)
+    # data parallel: this process holds image 1 of the global pair: the same per-image loss
+    assert rule.info_nce(t[1:], t, 1.0, offset=1).item() == pytest.approx(loss.item())
+    # weights: all on image 0's column, whose prediction is now wrong (y for target x):
+    # logits [0, 1], the positive is 0 -> log(1 + e)
+    wrong = torch.tensor([[[[0.0, 1.0]]], [[[0.0, 1.0]]]])
+    w = torch.tensor([[1.0], [0.0]])
+    assert rule.info_nce(wrong, t, 1.0, weight=w).item() == pytest.approx(math.log(1 + math.e))
+
+
+def test_ink_weights_hand_computed():
+    x = torch.zeros(2, 1, 4, 8)  # two images of 1x2 columns of 4x4 pixels
+    x[0, 0, 1, 1] = 1.0  # image 0: ink in its left column only
+    x[1, 0, 0, 5] = 0.5  # image 1: ink in its right column only
+    x[1, 0, 3, 0] = 0.2  # and in its left
+    w = rule.ink_weights(x, 4)
+    assert w.tolist() == [[pytest.approx(1 / 3), 0.0], [pytest.approx(1 / 3)] * 2]
+    assert torch.equal(rule.ink_weights(torch.zeros(1, 1, 4, 8), 4), torch.full((1, 2), 0.5))
 
 
 def test_parts_ids_agree_with_pixels():
@@ -128,6 +145,33 @@ def test_parts_ids_agree_with_pixels():
     assert torch.equal(parts.make_parts(16, seed=3, ambiguity=0.5).images, b.images)
     assert not torch.equal(parts.make_parts(16, seed=4, ambiguity=0.5).images, b.images)
     assert parts.max_overlap_free_scale() > 1 + parts.SCALE_JITTER  # parts never touch
+
+
+def test_touching_layout_ids_and_contact():
+    """layout="touching": ids agree with pixels, every part is visible, parts of one object
+    stay apart, and the two objects come as close as parts of one object do (unlike
+    "strips"): connected regions of foreground cannot say which object a part belongs to."""
+    b = parts.make_parts(32, seed=5, ambiguity=0.5, layout="touching")
+    fg = b.images[:, 0] > 0
+    assert torch.equal(fg, b.part_ids > 0) and torch.equal(fg, b.object_ids > 0)
+    assert all(len(b.part_ids[i].unique()) == 7 for i in range(32))
+    for pid in range(1, 7):  # a part lies in one object (the later object hides the earlier)
+        assert (b.object_ids[b.part_ids == pid] == (pid - 1) // 3 + 1).all()
+
+    def gap(batch: parts.PartsBatch) -> torch.Tensor:
+        """Per image: the smallest Chebyshev distance (in pixels) between the two objects."""
+        out = []
+        for img in batch.object_ids:
+            a, c = (torch.nonzero(img == k).float() for k in (1, 2))
+            out.append(torch.cdist(a, c, p=float("inf")).min())
+        return torch.stack(out)
+
+    # the objects come as close as the parts of one object (within two 4-pixel columns);
+    # in "strips" at least 9 pixels of background lie between them
+    assert (gap(b) <= 8).all() and gap(b).min() == 1
+    assert (gap(parts.make_parts(32, seed=5, ambiguity=0.5)) >= 9).all()
+    with pytest.raises(ValueError, match="layout"):
+        parts.make_parts(1, 0, layout="heap")
 
 
 def test_column_ids_hand_computed():

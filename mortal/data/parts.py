@@ -1,7 +1,13 @@
 """A synthetic part-whole world with ground truth, for GLOM (like eGLOM's "Ellipse World").
 
 Each image holds `n_objects` objects side by side; each object is three filled ellipses (its
-parts) in a class-specific arrangement. There are three part shapes (round, flat, tall). With
+parts) in a class-specific arrangement. Two layouts: "strips" puts object k in the k-th
+vertical strip of the image, with background between the objects (object identity follows
+from connected regions of foreground); "touching" puts the objects in a row at random
+horizontal gaps of -TOUCH_OVERLAP..0 pixels between their bounding boxes (touching or partly
+overlapping: the later object hides the earlier where they overlap) and random vertical
+offsets, so where one object ends and the next begins must be read from the parts' shapes and
+arrangement. There are three part shapes (round, flat, tall). With
 `ambiguity` a in [0, 1] every part's semi-axes move a fraction a of the way to one shared
 circle, so at a = 1 a part alone says nothing about what it is: only its place among the other
 parts (the context) does. Parts never overlap (the templates leave gaps at every ambiguity),
@@ -37,6 +43,20 @@ TEMPLATES = (
 CLASS_NAMES = ("face", "table", "ladder", "row")
 SCALE_JITTER = 0.1  # each part's size varies by up to +-10 %
 HALF = 12  # an object fits in a (2 * HALF)-pixel square around its centre
+LAYOUTS = ("strips", "touching")
+TOUCH_OVERLAP = 3.0  # "touching": neighbouring objects' boxes overlap by up to this many pixels
+TOUCH_SHIFT = 5.0  # "touching": vertical offset of each object's centre, up to +- this
+
+
+def half_extent(cls: int) -> tuple[float, float]:
+    """(x, y) half-size of a class's bounding box at its largest (any ambiguity, full jitter)."""
+    hx = hy = 0.0
+    for dx, dy, shape in TEMPLATES[cls]:
+        for amb in (0.0, 1.0):
+            a, b = part_axes(shape, amb)
+            hx = max(hx, abs(dx) + a * (1 + SCALE_JITTER))
+            hy = max(hy, abs(dy) + b * (1 + SCALE_JITTER))
+    return hx, hy
 
 
 @dataclass(frozen=True)
@@ -58,15 +78,21 @@ def part_axes(shape: int, ambiguity: float) -> tuple[float, float]:
 
 
 def make_parts(n: int, seed: int, ambiguity: float = 0.0, height: int = 48, width: int = 64,
-               n_objects: int = 2) -> PartsBatch:
-    """`n` images of `n_objects` objects each, deterministic from `seed`.
+               n_objects: int = 2, layout: str = "strips") -> PartsBatch:
+    """`n` images of `n_objects` objects each, deterministic from `seed`; the class of each
+    object is uniform.
 
-    Object k lives in the k-th vertical strip of the image (width / n_objects pixels), at a
-    random centre that keeps its whole box inside the strip; its class is uniform."""
+    layout "strips": object k lives in the k-th vertical strip of the image (width / n_objects
+    pixels), at a random centre that keeps its whole box inside the strip. layout "touching":
+    the objects stand in a row, each box overlapping the previous one's by 0..TOUCH_OVERLAP
+    pixels, the row at a random place that keeps it inside the image (see the module
+    docstring)."""
     if not 0.0 <= ambiguity <= 1.0:
         raise ValueError(f"ambiguity must be in [0, 1], not {ambiguity}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
     strip = width // n_objects
-    if strip < 2 * HALF or height < 2 * HALF:
+    if layout == "strips" and (strip < 2 * HALF or height < 2 * HALF):
         raise ValueError(f"each object needs a {2 * HALF}x{2 * HALF} box: image {height}x{width} "
                          f"with {n_objects} objects leaves {height}x{strip}")
     g = torch.Generator().manual_seed(seed)
@@ -75,6 +101,8 @@ def make_parts(n: int, seed: int, ambiguity: float = 0.0, height: int = 48, widt
     cx = cx + torch.arange(n_objects) * strip
     cy = torch.rand(n, n_objects, generator=g) * (height - 2 * HALF) + HALF
     scale = 1 + SCALE_JITTER * (2 * torch.rand(n, n_objects, 3, generator=g) - 1)
+    if layout == "touching":
+        cx, cy = touching_centres(classes, height, width, g)
 
     ys = torch.arange(height, dtype=torch.float32).view(1, height, 1) + 0.5
     xs = torch.arange(width, dtype=torch.float32).view(1, 1, width) + 0.5
@@ -96,6 +124,31 @@ def make_parts(n: int, seed: int, ambiguity: float = 0.0, height: int = 48, widt
             object_ids[inside] = 1 + k
     images = (part_ids > 0).float().unsqueeze(1)
     return PartsBatch(images, part_ids, part_types, object_ids, classes)
+
+
+def touching_centres(classes: torch.Tensor, height: int, width: int, g: torch.Generator
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, K) classes -> centres (cx, cy), each (n, K), of K objects in a row whose bounding
+    boxes touch or overlap by up to TOUCH_OVERLAP pixels, shifted vertically by up to
+    TOUCH_SHIFT, the whole row placed at random inside the image."""
+    n, k = classes.shape
+    ext = torch.tensor([half_extent(c) for c in range(len(TEMPLATES))])[classes]  # (n, K, 2)
+    overlap = torch.rand(n, k, generator=g) * TOUCH_OVERLAP
+    shift = (2 * torch.rand(n, k, generator=g) - 1) * TOUCH_SHIFT
+    hx, hy = ext[..., 0], ext[..., 1]
+    cx = torch.zeros(n, k)
+    for j in range(1, k):
+        cx[:, j] = cx[:, j - 1] + hx[:, j - 1] + hx[:, j] - overlap[:, j]
+    lo, hi = (cx - hx).min(1).values, (cx + hx).max(1).values  # the row's extent
+    room = (width - (hi - lo)).clamp_min(0)
+    cx = cx - lo.unsqueeze(1) + (torch.rand(n, generator=g) * room).unsqueeze(1)
+    top = (shift - hy).min(1).values
+    bottom = (shift + hy).max(1).values
+    room_y = (height - (bottom - top)).clamp_min(0)
+    cy = shift - top.unsqueeze(1) + (torch.rand(n, generator=g) * room_y).unsqueeze(1)
+    if bool(((cx + hx) > width + 1e-4).any() or ((cy + hy) > height + 1e-4).any()):
+        raise ValueError(f"{k} touching objects do not fit in a {height}x{width} image")
+    return cx, cy
 
 
 def column_ids(ids: torch.Tensor, patch: int, min_fg: float = 0.25) -> torch.Tensor:

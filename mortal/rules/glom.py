@@ -52,6 +52,9 @@ class GlomRule:
     tau: float = 0.1  # InfoNCE temperature
     # also contrast with the same image's columns outside the level's attention window
     far_negatives: bool = False
+    # local mode: average the losses over the columns with ink in their own patch only (the
+    # empty background columns, most of an image, would otherwise dominate the objective)
+    ink_only: bool = False
     contrast_weight: float = 0.1  # paper mode: weight of the InfoNCE regulariser
     mask_frac: float = 0.25  # paper mode: fraction of columns whose pixels are hidden
     n_classes: int = 10  # supervised mode
@@ -59,13 +62,15 @@ class GlomRule:
 
 
 def info_nce(pred: torch.Tensor, target: torch.Tensor, tau: float,
-             far: torch.Tensor | None = None, offset: int = 0) -> torch.Tensor:
+             far: torch.Tensor | None = None, offset: int = 0,
+             weight: torch.Tensor | None = None) -> torch.Tensor:
     """Per-level InfoNCE of predictions (b, L, N, D) against targets (B, L, N, D): for column n
     of image i, the positive is target[offset + i, :, n] and the negatives the same column of
     the other images, plus (with `far`, (L, N, N) bool) the same image's columns m with
     far[l, n, m]: those outside the level's attention window. The targets may be a larger batch
     than the predictions (the global batch under data parallel, this process's images starting
-    at `offset`). Returns (L,) losses averaged over the predictions' images and columns."""
+    at `offset`). Returns (L,) losses averaged over the predictions' images and columns, or
+    with `weight` ((b, N), summing to one over this process's share) their weighted sums."""
     p = F.normalize(pred.float(), dim=-1)
     t = F.normalize(target.float(), dim=-1)
     logits = torch.einsum("blnd,clnd->blnc", p, t) / tau  # (b, L, N, B): other images
@@ -77,8 +82,10 @@ def info_nce(pred: torch.Tensor, target: torch.Tensor, tau: float,
     labels = torch.arange(offset, offset + b, device=pred.device).view(b, 1, 1).expand(
         b, n_levels, n_cols)
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                         reduction="none")
-    return ce.view(b, n_levels, n_cols).mean((0, 2))
+                         reduction="none").view(b, n_levels, n_cols)
+    if weight is not None:
+        return torch.einsum("bln,bn->l", ce, weight)
+    return ce.mean((0, 2))
 
 
 def global_batch(t: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -102,11 +109,25 @@ def far_mask(model: Glom) -> torch.Tensor:
     return torch.isinf(model.bias) & ~eye
 
 
-def local_losses(model: Glom, cols: torch.Tensor, e: torch.Tensor, dtype: str
+def ink_weights(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, N) loss weights: 1 / count on the columns with ink (any non-zero
+    pixel) in their own patch, 0 elsewhere, the count taken over the global batch under data
+    parallel (so the weights of all processes together sum to one, like one process's); when
+    no column has ink, uniform."""
+    ink = (patches(x, patch).abs().sum(-1) > 0).float()
+    if not bool(ink.any()):
+        ink = torch.ones_like(ink)
+    count = distributed.all_sum(ink.sum().clone()) / distributed.world()
+    return ink / count
+
+
+def local_losses(model: Glom, cols: torch.Tensor, e: torch.Tensor, dtype: str,
+                 weight: torch.Tensor | None = None
                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
     """One local iteration: each net predicts its level from the detached state; returns
-    ({"bu": (L,), "td": (L-1,)} losses against the detached consensus, bu, td, consensus).
-    Level l's bottom-up loss reaches only the bottom-up net of level l, and so on."""
+    ({"bu": (L,), "td": (L-1,)} losses against the detached consensus, bu, td, consensus),
+    averaged over columns, or weighted by `weight` (B, N). Level l's bottom-up loss reaches
+    only the bottom-up net of level l, and so on."""
     e = e.detach()
     with torch.no_grad(), autocast(e.device, dtype):
         att = model.consensus(e).float()
@@ -115,9 +136,9 @@ def local_losses(model: Glom, cols: torch.Tensor, e: torch.Tensor, dtype: str
         td = model.top_down(e)
     tau, far = model_tau(model), far_mask(model) if model_far(model) else None
     att_all, off = global_batch(att)  # negatives from every process's images
-    return {"bu": info_nce(bu, att_all, tau, far, off),
-            "td": info_nce(td, att_all[:, :-1], tau, None if far is None else far[:-1], off)
-            }, bu, td, att
+    return {"bu": info_nce(bu, att_all, tau, far, off, weight),
+            "td": info_nce(td, att_all[:, :-1], tau, None if far is None else far[:-1], off,
+                           weight)}, bu, td, att
 
 
 def model_tau(model: Glom) -> float:
@@ -139,12 +160,13 @@ def local_step(model: Glom, x: torch.Tensor, rule: GlomRule, opt: torch.optim.Op
     if sync is not None:
         x = distributed.shard(x)
     cols = model.columns(x)
+    weight = ink_weights(x, model.spec.patch) if rule.ink_only else None
     with torch.no_grad(), autocast(x.device, rule.dtype):
         e = model.init_state(cols)
     opt.zero_grad(set_to_none=True)
     bu_sum = td_sum = 0.0
     for _ in range(rule.iterations):
-        losses, bu, td, att = local_losses(model, cols, e, rule.dtype)
+        losses, bu, td, att = local_losses(model, cols, e, rule.dtype, weight)
         loss = (losses["bu"].sum() + losses["td"].sum()) / rule.iterations
         loss.backward()
         bu_sum = bu_sum + losses["bu"].detach()

@@ -1,0 +1,123 @@
+"""Diagnose GLOM on the parts world: per level and iteration, the ARI against parts and objects,
+the object classification of a linear probe, and how spread the embeddings are (mean cosine
+between foreground columns of an image), for the initial nets and after a few local steps.
+
+    python scripts/glom_diagnose.py --steps 40 --set beta=3 --set layout=touching
+Prints one JSON line per (nets, iteration): what the recipe would measure, cheaper."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import time
+
+import numpy as np
+import torch
+
+from mortal.arch.glom import Glom
+from mortal.data.parts import column_ids, make_parts
+from mortal.recipes import glom_parts as gp
+from mortal.rules import glom as rule_mod
+
+
+def parse_sets(sets: list[str]) -> gp.Config:
+    """A glom-parts Config with `key=value` overrides (tuples comma-separated)."""
+    cfg = gp.Config()
+    for kv in sets:
+        k, v = kv.split("=", 1)
+        cur = getattr(cfg, k)
+        if isinstance(cur, tuple):
+            val = tuple(type(cur[0])(x) for x in v.split(","))
+        elif isinstance(cur, bool):
+            val = v.lower() in ("1", "true", "yes")
+        else:
+            val = type(cur)(v)
+        cfg = dataclasses.replace(cfg, **{k: val})
+    return cfg
+
+
+def spread(e: torch.Tensor, fg: torch.Tensor) -> list[float]:
+    """(B, L, N, D), (B, N) bool -> per level the mean cosine between foreground columns."""
+    out = []
+    for lvl in range(e.shape[1]):
+        vals = []
+        for b in range(len(e)):
+            u = torch.nn.functional.normalize(e[b, lvl][fg[b]], dim=-1)
+            s = u @ u.T
+            m = len(u)
+            vals.append(float((s.sum() - m) / max(m * (m - 1), 1)))
+        out.append(round(float(np.mean(vals)), 3))
+    return out
+
+
+def measure(model: Glom, cfg: gp.Config, iters: list[int], n_test: int, n_probe: int,
+            amb: float, seed: int) -> list[dict]:
+    """Per iteration in `iters`: ARIs per level (best threshold), probe accuracy per level."""
+    p = cfg.patch
+    test = make_parts(n_test, seed + 2, amb, layout=cfg.layout)
+    probe = make_parts(n_probe, seed + 3, amb, layout=cfg.layout)
+    h_test = rule_mod.states(model, test.images, max(iters), cfg.dtype, history=True)
+    h_probe = rule_mod.states(model, probe.images, max(iters), cfg.dtype, history=True)
+    part_ids, obj_ids = column_ids(test.part_ids, p), column_ids(test.object_ids, p)
+    obj_probe = column_ids(probe.object_ids, p)
+    n_obj = probe.classes.shape[1]
+    rows = []
+    for t in iters:
+        e, ep = h_test[:, t], h_probe[:, t]
+        row = {"iteration": t, "spread": spread(e, part_ids > 0)}
+        for what, ids in (("part", part_ids), ("object", obj_ids)):
+            _, best = gp.best_thresholds(e, ids, cfg.thresholds)
+            row[f"{what}_ari"] = [round(a, 3) for a in best]
+        acc = []
+        for lvl in range(cfg.n_levels):
+            f_tr, ok_tr = gp.object_features(ep[:, lvl], obj_probe, n_obj)
+            f_te, ok_te = gp.object_features(e[:, lvl], obj_ids, n_obj)
+            y_tr, y_te = probe.classes.reshape(-1), test.classes.reshape(-1)
+            acc.append(round(gp.probe_accuracy(f_tr[ok_tr], y_tr[ok_tr], f_te[ok_te],
+                                               y_te[ok_te], cfg), 1))
+        row["class_acc"] = acc
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    """Train `--steps` local steps, measure before and after."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--amb", type=float, default=0.5)
+    ap.add_argument("--n-test", type=int, default=24)
+    ap.add_argument("--n-probe", type=int, default=150)
+    ap.add_argument("--iters", default="0,5,20")
+    ap.add_argument("--no-untrained", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    cfg = parse_sets(args.set)
+    torch.manual_seed(cfg.seed)
+    image = tuple(make_parts(1, 0).images.shape[1:])
+    model = Glom(gp.spec_of(cfg, image))
+    untrained = copy.deepcopy(model)
+    rule = gp.rule_of(cfg, 4)
+    iters = [int(i) for i in args.iters.split(",")]
+    if not args.no_untrained:
+        for row in measure(untrained, cfg, iters, args.n_test, args.n_probe, args.amb, 10_000):
+            print(json.dumps({"nets": "untrained", **row}), flush=True)
+    model.tau, model.far_negatives = rule.tau, rule.far_negatives
+    opt = torch.optim.Adam(model.parameters(), lr=rule.lr)
+    t0 = time.perf_counter()
+    amb = cfg.ambiguities
+    for step in range(args.steps):
+        pb = make_parts(cfg.batch_size, 1_000_003 * (cfg.seed + 1) + step, amb[step % len(amb)],
+                        layout=cfg.layout)
+        stats = rule_mod.local_step(model, pb.images, rule, opt)
+        if step % 10 == 0 or step == args.steps - 1:
+            print(json.dumps({"step": step, "s": round(time.perf_counter() - t0, 1),
+                              **{k: round(v, 3) for k, v in stats.items()}}), flush=True)
+    for row in measure(model, cfg, iters, args.n_test, args.n_probe, args.amb, 10_000):
+        print(json.dumps({"nets": f"trained {args.steps}", **row}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
