@@ -55,6 +55,9 @@ def ais_row(rbm: bz.RBM, base_b: torch.Tensor, betas: torch.Tensor, runs: int, s
             "runs": runs, "intermediate": len(betas) - 1, "seed": seed,
             "log_w_spread": float(lw.max() - lw.min()),
             "largest_weight_share": float(torch.softmax(lw, 0).max()),
+            # a sure bound: every state's -F(v) is at most log Z
+            "final_states_max_neg_free_energy": float((-bz.free_energy(rbm, res.v)).max()),
+            "final_states_log_z_lower_bound": bz.log_z_lower_bound(rbm, res.v),
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -82,6 +85,10 @@ def main() -> None:
     ap.add_argument("--raise-images", type=int, default=200)
     ap.add_argument("--chains", type=int, default=500)
     ap.add_argument("--sweeps", type=int, default=5000)
+    ap.add_argument("--uniform-starts", action="store_true",
+                    help="chains: start from uniform noise instead of base-rate noise and test")
+    ap.add_argument("--runs", type=int, default=0, help="AIS runs of ais_uniform (0: recipe's)")
+    ap.add_argument("--tag", default="", help="suffix of the result names")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -95,6 +102,7 @@ def main() -> None:
     out["model"] = str(args.run)
 
     def record(name: str, row: dict[str, Any]) -> None:
+        name += args.tag
         out[name] = row
         path.write_text(json.dumps(out, indent=2) + "\n")
         print(name, json.dumps(row), flush=True)
@@ -113,6 +121,8 @@ def main() -> None:
             g = torch.Generator().manual_seed(11)
             starts = {"noise": bz.bernoulli(torch.sigmoid(base_b).expand(args.chains, -1), g),
                       "test": data.x_test[:args.chains]}
+            if args.uniform_starts:  # chains from uniform noise (pixels on with p 1/2)
+                starts = {"uniform": bz.bernoulli(torch.full((args.chains, 784), 0.5), g)}
             row: dict[str, Any] = {"chains": args.chains, "sweeps": args.sweeps}
             visited = []
             for name, v in starts.items():
@@ -129,7 +139,8 @@ def main() -> None:
             row["seconds"] = round(time.perf_counter() - t0, 1)
             record(part, row)
         elif part == "ais_uniform":
-            record(part, ais_row(rbm, torch.zeros(784), betas, cfg.ais_runs, 3, data.x_test))
+            record(part, ais_row(rbm, torch.zeros(784), betas, args.runs or cfg.ais_runs, 3,
+                                 data.x_test))
         elif part == "raise":
             v = data.x_test[:args.raise_images]
             lp = bz.raise_log_prob(rbm, base_b, v, betas, n_chains=1, seed=4)

@@ -367,6 +367,7 @@ class AISResult:
     log_z_low: float
     log_z_high: float
     log_w: torch.Tensor = field(repr=False)
+    v: torch.Tensor | None = field(default=None, repr=False)  # each run's final visible state
 
 
 def ais_log_z(rbm: RBM, base_b: torch.Tensor, betas: torch.Tensor | None = None,
@@ -395,7 +396,8 @@ def ais_log_z(rbm: RBM, base_b: torch.Tensor, betas: torch.Tensor | None = None,
     w_rel = torch.exp(log_w - log_mean)  # weights relative to their mean
     rel_se = float(w_rel.std() / math.sqrt(n_runs)) if n_runs > 1 else float("inf")
     low = log_z_a + log_mean + (math.log(1 - 3 * rel_se) if 3 * rel_se < 1 else -math.inf)
-    return AISResult(log_z_a + log_mean, low, log_z_a + log_mean + math.log1p(3 * rel_se), log_w)
+    return AISResult(log_z_a + log_mean, low, log_z_a + log_mean + math.log1p(3 * rel_se), log_w,
+                     v)
 
 
 def _log_f(rbm: RBM, base_b: torch.Tensor, v: torch.Tensor, x: torch.Tensor, beta: float
