@@ -19,6 +19,7 @@ import torch
 from mortal.arch.glom import Glom
 from mortal.data.parts import column_ids, make_parts
 from mortal.recipes import glom_parts as gp
+from mortal.rules import ff
 from mortal.rules import glom as rule_mod
 
 
@@ -78,6 +79,18 @@ def measure(model: Glom, cfg: gp.Config, iters: list[int], n_test: int, n_probe:
             acc.append(round(gp.probe_accuracy(f_tr[ok_tr], y_tr[ok_tr], f_te[ok_te],
                                                y_te[ok_te], cfg), 1))
         row["class_acc"] = acc
+        # does each level say which part type a column shows, across images? (a linear probe
+        # per column; InfoNCE against other images' same column could push it apart)
+        types_tr = column_ids(probe.part_types + 1, p)
+        types_te = column_ids(test.part_types + 1, p)
+        type_acc = []
+        for lvl in range(cfg.n_levels):
+            m_tr, m_te = types_tr > 0, types_te > 0
+            head = ff.train_softmax(ep[:, lvl][m_tr], types_tr[m_tr] - 1, n_classes=3,
+                                    epochs=100, lr=1e-2, batch_size=500, seed=0)
+            pred = ff.softmax_predict(head, e[:, lvl][m_te])
+            type_acc.append(round(100 - ff.error_pct(pred, types_te[m_te] - 1), 1))
+        row["part_type_acc"] = type_acc
         rows.append(row)
     return rows
 
@@ -105,6 +118,7 @@ def main() -> None:
         for row in measure(untrained, cfg, iters, args.n_test, args.n_probe, args.amb, 10_000):
             print(json.dumps({"nets": "untrained", **row}), flush=True)
     model.tau, model.far_negatives = rule.tau, rule.far_negatives
+    model.image_negatives = rule.image_negatives
     opt = torch.optim.Adam(model.parameters(), lr=rule.lr)
     t0 = time.perf_counter()
     amb = cfg.ambiguities

@@ -66,13 +66,14 @@ class Config:
     tau: float = 0.1
     far_negatives: bool = True  # InfoNCE also against the image's columns outside the window
     ink_only: bool = False  # local losses averaged over the columns with ink only
+    image_negatives: bool = True  # InfoNCE against other images' same column (else far only)
     contrast_weight: float = 0.1
     mask_frac: float = 0.25
     dtype: Literal["bfloat16", "float32"] = "bfloat16"
     # measuring
     thresholds: tuple[float, ...] = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
-    n_val: int = 64
-    n_test: int = 128
+    n_val: int = 32
+    n_test: int = 96
     n_probe_train: int = 300
     probe_epochs: int = 500  # 100 underfits (raw-pixel probe: 96 % train at 500, 84 % at 100)
     n_pictures: int = 3
@@ -112,6 +113,7 @@ def rule_of(cfg: Any, n_classes: int) -> rule_mod.GlomRule:
                              contrast_weight=cfg.contrast_weight, mask_frac=cfg.mask_frac,
                              far_negatives=cfg.far_negatives,
                              ink_only=getattr(cfg, "ink_only", False),
+                             image_negatives=getattr(cfg, "image_negatives", True),
                              n_classes=n_classes, dtype=cfg.dtype)
 
 

@@ -55,6 +55,9 @@ class GlomRule:
     # local mode: average the losses over the columns with ink in their own patch only (the
     # empty background columns, most of an image, would otherwise dominate the objective)
     ink_only: bool = False
+    # local mode: the other images' same column as negatives (False: only the same image's
+    # far columns, so same-part columns of different images are not pushed apart)
+    image_negatives: bool = True
     contrast_weight: float = 0.1  # paper mode: weight of the InfoNCE regulariser
     mask_frac: float = 0.25  # paper mode: fraction of columns whose pixels are hidden
     n_classes: int = 10  # supervised mode
@@ -63,24 +66,33 @@ class GlomRule:
 
 def info_nce(pred: torch.Tensor, target: torch.Tensor, tau: float,
              far: torch.Tensor | None = None, offset: int = 0,
-             weight: torch.Tensor | None = None) -> torch.Tensor:
+             weight: torch.Tensor | None = None, other_images: bool = True) -> torch.Tensor:
     """Per-level InfoNCE of predictions (b, L, N, D) against targets (B, L, N, D): for column n
     of image i, the positive is target[offset + i, :, n] and the negatives the same column of
     the other images, plus (with `far`, (L, N, N) bool) the same image's columns m with
     far[l, n, m]: those outside the level's attention window. The targets may be a larger batch
     than the predictions (the global batch under data parallel, this process's images starting
     at `offset`). Returns (L,) losses averaged over the predictions' images and columns, or
-    with `weight` ((b, N), summing to one over this process's share) their weighted sums."""
+    with `weight` ((b, N), summing to one over this process's share) their weighted sums.
+    With `other_images` False the negatives are only the far columns of the same image."""
     p = F.normalize(pred.float(), dim=-1)
     t = F.normalize(target.float(), dim=-1)
-    logits = torch.einsum("blnd,clnd->blnc", p, t) / tau  # (b, L, N, B): other images
-    b, n_levels, n_cols, _ = logits.shape
+    b = len(p)
+    own = t[offset : offset + b]  # this process's images' targets
+    if other_images:
+        logits = torch.einsum("blnd,clnd->blnc", p, t) / tau  # (b, L, N, B): other images
+        first = offset  # the positive's index
+    else:
+        if far is None:
+            raise ValueError("InfoNCE without other images needs far negatives")
+        logits = (p * own).sum(-1, keepdim=True) / tau  # (b, L, N, 1): the positive alone
+        first = 0
+    _, n_levels, n_cols, _ = logits.shape
     if far is not None:
-        own = t[offset : offset + b]
         inside = torch.einsum("blnd,blmd->blnm", p, own) / tau  # (b, L, N, N): same image
         logits = torch.cat([logits, inside.masked_fill(~far, float("-inf"))], -1)
-    labels = torch.arange(offset, offset + b, device=pred.device).view(b, 1, 1).expand(
-        b, n_levels, n_cols)
+    labels = torch.arange(b, device=pred.device).view(b, 1, 1).expand(b, n_levels, n_cols)
+    labels = labels + first if other_images else torch.zeros_like(labels)
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                          reduction="none").view(b, n_levels, n_cols)
     if weight is not None:
@@ -136,9 +148,10 @@ def local_losses(model: Glom, cols: torch.Tensor, e: torch.Tensor, dtype: str,
         td = model.top_down(e)
     tau, far = model_tau(model), far_mask(model) if model_far(model) else None
     att_all, off = global_batch(att)  # negatives from every process's images
-    return {"bu": info_nce(bu, att_all, tau, far, off, weight),
+    others = bool(getattr(model, "image_negatives", True))
+    return {"bu": info_nce(bu, att_all, tau, far, off, weight, others),
             "td": info_nce(td, att_all[:, :-1], tau, None if far is None else far[:-1], off,
-                           weight)}, bu, td, att
+                           weight, others)}, bu, td, att
 
 
 def model_tau(model: Glom) -> float:
@@ -276,6 +289,7 @@ def train(model: Glom, head: nn.Module, batch: Callable[[int], tuple[torch.Tenso
                           "process: use --nproc N (data parallel)")
     model.tau = rule.tau
     model.far_negatives = rule.far_negatives
+    model.image_negatives = rule.image_negatives
     params = list(model.parameters()) + list(head.parameters())
     opt = make_optimizer("adam", params, rule.lr, rule.weight_decay)
     sync = None
