@@ -205,6 +205,17 @@ def test_info_nce_far_negatives_hand_computed():
     far = torch.tensor([[[False, True], [True, False]]])
     assert rule.info_nce(t, t, 1.0).item() == pytest.approx(0.0)
     assert rule.info_nce(t, t, 1.0, far).item() == pytest.approx(math.log(1 + math.exp(-1)))
+    # the same image's far columns alone (no other images): the same numbers here
+    assert rule.info_nce(t, t, 1.0, far, other_images=False).item() == pytest.approx(
+        math.log(1 + math.exp(-1)))
+    two = torch.cat([t, t.flip(2)])  # a second image with the columns swapped
+    # with other images, column 0 of image 0 also meets image 1's column 0 (y): two negatives
+    assert rule.info_nce(two, two, 1.0, far)[0].item() == pytest.approx(
+        math.log(1 + 2 * math.exp(-1)))
+    assert rule.info_nce(two, two, 1.0, far, other_images=False)[0].item() == pytest.approx(
+        math.log(1 + math.exp(-1)))
+    with pytest.raises(ValueError, match="far negatives"):
+        rule.info_nce(t, t, 1.0, other_images=False)
 
 
 def test_local_learning_forms_object_islands():
