@@ -19,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from mortal import distributed
 from mortal.arch.glom import Glom
 from mortal.config import check
 from mortal.loop import autocast, device_of, epoch_order, seed_everything
@@ -157,57 +158,62 @@ def train_glom(cfg: Config, run: Any, recipe: Recipe) -> dict[str, Any]:
     rule_mod.train(model, head, batch, cfg.epochs * per_epoch, rule, run, log_every=per_epoch,
                    seed=cfg.seed, progress=not run.quiet)
     model.eval()
-    f_train = top_features(model, data.x_train, cfg)
-    f_test = top_features(model, data.x_test, cfg)
-    probe = ff.train_softmax(f_train, data.y_train, 10, epochs=cfg.probe_epochs, lr=cfg.probe_lr,
-                             batch_size=min(1000, n), weight_decay=cfg.probe_weight_decay,
-                             seed=cfg.seed)
-    probe_err = ff.error_pct(ff.softmax_predict(probe, f_test), data.y_test)
-    probe_train_err = ff.error_pct(ff.softmax_predict(probe, f_train), data.y_train)
-    extra: dict[str, Any] = {}
-    if cfg.mode == "supervised":
-        with torch.no_grad(), autocast(device, cfg.dtype):
-            logits = torch.cat([head(rule_mod.states(
-                model, data.x_test[i:i + 500].view(-1, *image), cfg.iterations,
-                cfg.dtype)[:, -1].mean(1)).float() for i in range(0, len(data.x_test), 500)])
-        extra["classifier_test_error_pct"] = round(ff.error_pct(logits.argmax(1),
-                                                                data.y_test), 4)
-    figures: list[str] = []
-    if cfg.n_pictures:
-        xs = data.x_test[:cfg.n_pictures].view(-1, *image)
-        hist = rule_mod.states(model, xs, cfg.eval_iterations, cfg.dtype, history=True)
-        figures += save_pictures(run.dir, "islands", xs.cpu().numpy(), hist.cpu().numpy(),
-                                 model.spec.grid, [cfg.island_threshold] * cfg.n_levels,
-                                 cell=16)
-    if cfg.tsne_points:
-        k = min(cfg.tsne_points, len(f_test))
-        emb = tsne(f_test[:k].float().cpu(), seed=cfg.seed)
-        labels = data.y_test[:k].cpu().numpy()
-        with figure(run.dir / "tsne_top_level.png", "t-SNE 1", "t-SNE 2") as ax:
-            for c in range(10):
-                m = labels == c
-                ax.scatter(emb[m, 0], emb[m, 1], s=3, label=str(c))
-            ax.set_title(f"top-level embeddings of {k} test images ({cfg.mode})")
-        figures.append("tsne_top_level.png")
-    acc = 100 - probe_err
-    lines = ["| model | linear probe on the top level: test accuracy (%) | target (%) |",
-             "|---|---|---|",
-             f"| GLOM, mode={cfg.mode} | {acc:.2f} | "
-             f"{SCAE_UNSUPERVISED_ACCURACY if cfg.dataset == 'mnist' else 'n/a'} |"]
-    if "classifier_test_error_pct" in extra:
-        lines.append(f"| the backprop-trained classifier's own head | "
-                     f"{100 - extra['classifier_test_error_pct']:.2f} | |")
-    (run.dir / "table.md").write_text("\n".join(lines) + "\n")
-    return standard_results(
-        recipe, cfg, run, n, probe_err,
-        test_error_note=f"linear probe on the top-level embeddings of all columns, "
-                        f"GLOM trained in mode={cfg.mode}",
-        mode=cfg.mode, probe_accuracy_pct=round(acc, 4),
-        probe_train_error_pct=round(probe_train_err, 4),
-        target_accuracy_pct=SCAE_UNSUPERVISED_ACCURACY if cfg.dataset == "mnist" else None,
-        parameters=sum(p.numel() for p in model.parameters()), dtype=cfg.dtype,
-        figures=figures, **extra,
-    )
+
+    def measure() -> dict[str, Any]:
+        """Probe, pictures, table and results (rank 0 alone under data parallel)."""
+        f_train = top_features(model, data.x_train, cfg)
+        f_test = top_features(model, data.x_test, cfg)
+        probe = ff.train_softmax(f_train, data.y_train, 10, epochs=cfg.probe_epochs,
+                                 lr=cfg.probe_lr, batch_size=min(1000, n),
+                                 weight_decay=cfg.probe_weight_decay, seed=cfg.seed)
+        probe_err = ff.error_pct(ff.softmax_predict(probe, f_test), data.y_test)
+        probe_train_err = ff.error_pct(ff.softmax_predict(probe, f_train), data.y_train)
+        extra: dict[str, Any] = {}
+        if cfg.mode == "supervised":
+            with torch.no_grad(), autocast(device, cfg.dtype):
+                logits = torch.cat([head(rule_mod.states(
+                    model, data.x_test[i:i + 500].view(-1, *image), cfg.iterations,
+                    cfg.dtype)[:, -1].mean(1)).float() for i in range(0, len(data.x_test), 500)])
+            extra["classifier_test_error_pct"] = round(ff.error_pct(logits.argmax(1),
+                                                                    data.y_test), 4)
+        figures: list[str] = []
+        if cfg.n_pictures:
+            xs = data.x_test[:cfg.n_pictures].view(-1, *image)
+            hist = rule_mod.states(model, xs, cfg.eval_iterations, cfg.dtype, history=True)
+            figures += save_pictures(run.dir, "islands", xs.cpu().numpy(), hist.cpu().numpy(),
+                                     model.spec.grid, [cfg.island_threshold] * cfg.n_levels,
+                                     cell=16)
+        if cfg.tsne_points:
+            k = min(cfg.tsne_points, len(f_test))
+            emb = tsne(f_test[:k].float().cpu(), seed=cfg.seed)
+            labels = data.y_test[:k].cpu().numpy()
+            with figure(run.dir / "tsne_top_level.png", "t-SNE 1", "t-SNE 2") as ax:
+                for c in range(10):
+                    m = labels == c
+                    ax.scatter(emb[m, 0], emb[m, 1], s=3, label=str(c))
+                ax.set_title(f"top-level embeddings of {k} test images ({cfg.mode})")
+            figures.append("tsne_top_level.png")
+        acc = 100 - probe_err
+        lines = ["| model | linear probe on the top level: test accuracy (%) | target (%) |",
+                 "|---|---|---|",
+                 f"| GLOM, mode={cfg.mode} | {acc:.2f} | "
+                 f"{SCAE_UNSUPERVISED_ACCURACY if cfg.dataset == 'mnist' else 'n/a'} |"]
+        if "classifier_test_error_pct" in extra:
+            lines.append(f"| the backprop-trained classifier's own head | "
+                         f"{100 - extra['classifier_test_error_pct']:.2f} | |")
+        (run.dir / "table.md").write_text("\n".join(lines) + "\n")
+        return standard_results(
+            recipe, cfg, run, n, probe_err,
+            test_error_note=f"linear probe on the top-level embeddings of all columns, "
+                            f"GLOM trained in mode={cfg.mode}",
+            mode=cfg.mode, probe_accuracy_pct=round(acc, 4),
+            probe_train_error_pct=round(probe_train_err, 4),
+            target_accuracy_pct=SCAE_UNSUPERVISED_ACCURACY if cfg.dataset == "mnist" else None,
+            parameters=sum(p.numel() for p in model.parameters()), dtype=cfg.dtype,
+            figures=figures, **extra,
+        )
+
+    return distributed.from_main(measure)
 
 
 def train(cfg: Config, run: Any) -> dict[str, Any]:
