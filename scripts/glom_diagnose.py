@@ -119,13 +119,18 @@ def main() -> None:
             print(json.dumps({"nets": "untrained", **row}), flush=True)
     model.tau, model.far_negatives = rule.tau, rule.far_negatives
     model.image_negatives = rule.image_negatives
-    opt = torch.optim.Adam(model.parameters(), lr=rule.lr)
+    head = rule_mod.make_head(model, rule)  # paper / supervised modes only
+    opt = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=rule.lr)
+    g = torch.Generator().manual_seed(cfg.seed + 17)
     t0 = time.perf_counter()
     amb = cfg.ambiguities
     for step in range(args.steps):
         pb = make_parts(cfg.batch_size, 1_000_003 * (cfg.seed + 1) + step, amb[step % len(amb)],
                         layout=cfg.layout)
-        stats = rule_mod.local_step(model, pb.images, rule, opt)
+        if rule.mode == "local":
+            stats = rule_mod.local_step(model, pb.images, rule, opt)
+        else:  # supervised: the class of the first (left) object, as the recipe does
+            stats = rule_mod.paper_step(model, head, pb.images, pb.classes[:, 0], rule, opt, g)
         if step % 10 == 0 or step == args.steps - 1:
             print(json.dumps({"step": step, "s": round(time.perf_counter() - t0, 1),
                               **{k: round(v, 3) for k, v in stats.items()}}), flush=True)
