@@ -145,3 +145,20 @@ def test_sleep_study_writes_its_grid(tmp_path):
                                for k in ("0", "5", "epoch")}
     assert r["cells"]["uniform-k0"]["softmax_pct"] < 20  # it learned
     assert (out / "table.md").exists() and (out / "error_vs_k.png").exists()
+    dead = r["cells"]["uniform-k0"]["dead_units"]
+    assert len(dead) == 2 and all(0 <= d <= 1 for d in dead)
+
+
+def test_dead_units_counts_units_silent_on_every_image():
+    from mortal.arch.dense import dense_stack
+    from mortal.recipes.ff_sleep_mnist import dead_units
+    from mortal.rules import ff
+
+    net = ff.FFNet(dense_stack(20, (4, 3)), ff.FFRule(dtype="float32"))
+    with torch.no_grad():
+        for layer, bias in zip(net.layers, ([-1.0, -1.0, 1.0, 1.0], [-1.0, 1.0, 1.0]),
+                               strict=True):
+            layer.linear.weight.zero_()
+            layer.linear.bias.copy_(torch.tensor(bias))
+    x, y = torch.rand(8, 20), torch.randint(0, 10, (8,))
+    assert dead_units(net, x, y) == [0.5, round(1 / 3, 4)]

@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+import torch
+
 from mortal.config import check
 from mortal.loop import device_of, seed_everything
 from mortal.recipes import Recipe, register
@@ -68,6 +70,15 @@ def plot(path: Any, ks: list[int], errors: dict[str, list[float]], steps_per_epo
                            label=f"{source} negatives, both phases every step")
 
 
+def dead_units(net: ff.FFNet, x: torch.Tensor, y: torch.Tensor, n: int = 1000) -> list[float]:
+    """Per layer, the fraction of units silent on all of the first n test images (true label
+    embedded). The sum-of-squares goodness has zero gradient at zero activity, so a unit a
+    negative-only block has silenced gets no push from the next positive block: silence is
+    absorbing, and it is what breaks long blocks."""
+    acts = net.activities(ff.embed_label(x[:n], y[:n], 10))
+    return [round((h.float().amax(0) <= 0).float().mean().item(), 4) for h in acts]
+
+
 def train(cfg: Config, run: Any) -> dict[str, Any]:
     """Every cell of the (negatives, k) grid as a resumable stage; table.md and a plot."""
     device = device_of(cfg.device)
@@ -87,7 +98,9 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
                                hard_negatives_every=1 if source == "model" else 0)
                 out = ff.train(net, data.x_train, data.y_train, data.x_test, data.y_test, loop,
                                stage, progress=not run.quiet)
-                done = stage.finish_stage({"stage": name, "k": k, "negatives": source, **out})
+                done = stage.finish_stage({"stage": name, "k": k, "negatives": source, **out,
+                                           "dead_units": dead_units(net, data.x_test,
+                                                                    data.y_test)})
             results[name] = done
             if not run.quiet:
                 print(f"{name}: test error {done['test_error_goodness_pct']:.2f} % (goodness), "
@@ -99,15 +112,18 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
                     results[cell_name(k, s)]["test_error_softmax_pct"]) for k in ks]
             for s in cfg.negative_sources}
     lines = [f"Test error (%) of supervised FF ({'x'.join(map(str, cfg.widths))}, {cfg.epochs} "
-             f"epochs, threshold loss, {cfg.optimizer} lr {cfg.lr:g}); k = steps per phase "
-             f"block, one epoch = {steps_per_epoch} steps.", "",
-             "| negatives | k | goodness per label | softmax |", "|---|---|---|---|"]
+             f"epochs, threshold loss, {cfg.optimizer} lr {cfg.lr:g}"
+             f"{f' momentum {cfg.momentum:g}' if cfg.optimizer == 'sgd' else ''}); "
+             f"k = steps per phase block, one epoch = {steps_per_epoch} steps.", "",
+             "| negatives | k | goodness per label | softmax | units never active, per layer |",
+             "|---|---|---|---|---|"]
     for s in cfg.negative_sources:
         for k in ks:
             r = results[cell_name(k, s)]
             label = "0 (both every step)" if k == 0 else "epoch" if k == -1 else str(k)
+            dead = " / ".join(f"{100 * d:.0f} %" for d in r.get("dead_units", [])) or "n/a"
             lines.append(f"| {s} | {label} | {r['test_error_goodness_pct']:.2f} | "
-                         f"{r['test_error_softmax_pct']:.2f} |")
+                         f"{r['test_error_softmax_pct']:.2f} | {dead} |")
     (run.dir / "table.md").write_text("\n".join(lines) + "\n")
     plot(run.dir / "error_vs_k.png", ks, best, steps_per_epoch)
     baseline = [e for k, e in zip(ks, best[cfg.negative_sources[0]], strict=True) if k == 0]
@@ -118,7 +134,8 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
         test_error_note="test_error_pct is the best split-phase cell (either mode)",
         cells={n: {"k": r["k"], "negatives": r["negatives"],
                    "goodness_pct": round(r["test_error_goodness_pct"], 4),
-                   "softmax_pct": round(r["test_error_softmax_pct"], 4)}
+                   "softmax_pct": round(r["test_error_softmax_pct"], 4),
+                   "dead_units": r.get("dead_units")}
                for n, r in results.items()},
         steps_per_epoch=steps_per_epoch, figures=["error_vs_k.png"], dtype=cfg.dtype,
     )
