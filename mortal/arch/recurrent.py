@@ -12,14 +12,19 @@ pass with no top-down input. A learning rule only sees `layers` (tensor -> tenso
 one per hidden layer) and the states the stack hands it, so FF trains it like any stack.
 
 Shapes: image x (N, D); label vector y (N, C); states: one (N, width_l) tensor per layer.
+`LocalRecurrentStack` is the same recurrence on topographic maps with local receptive fields
+(bottom-up and top-down) and no weight sharing.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
 from mortal.arch.dense import Dense
+from mortal.arch.local import LocallyConnected2d
 from mortal.rules.ff import normalise
 
 
@@ -74,3 +79,79 @@ class RecurrentStack(nn.Module):
             states = self.step(states, x, y)
             out.append(states)
         return out
+
+
+class LocalMap(nn.Module):
+    """One hidden map of a `LocalRecurrentStack`: a locally connected layer (zero-padded so the
+    map keeps its size) over the stacked channels of the maps below and above, plus, on the
+    top map, a dense input from the label vector. Flat (N, H*W*C_in [+ C]) -> (N, H*W*O)."""
+
+    def __init__(self, in_shape: tuple[int, int, int], channels: int, kernel: int,
+                 n_label: int = 0, act: str = "relu", init: str = "default") -> None:
+        super().__init__()
+        self.local = LocallyConnected2d(in_shape, channels, kernel, 1, kernel // 2,
+                                        act=act, init=init)
+        self.n_map = math.prod(in_shape)
+        self.label = nn.Linear(n_label, math.prod(self.local.out_shape), bias=False) \
+            if n_label else None
+        self.act = self.local.act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = self.local.linear(x[:, : self.n_map]).reshape(len(x), -1)
+        if self.label is not None:
+            pre = pre + self.label(x[:, self.n_map :])
+        return self.act(pre)
+
+
+class LocalRecurrentStack(RecurrentStack):
+    """The recurrent stack on topographic maps (FF paper's CIFAR-10 nets): hidden layer l is an
+    H x W map of channels[l] units per location; each unit reads a kernel x kernel window of
+    the normalised map below and of the normalised map above (same positions), and the top map
+    reads the whole label vector. States are flat channels-last (N, H*W*channels[l])."""
+
+    def __init__(self, in_shape: tuple[int, int, int], channels: tuple[int, ...] | list[int],
+                 kernel: int, n_classes: int = 10, damping: float = 0.3, act: str = "relu",
+                 init: str = "default") -> None:
+        nn.Module.__init__(self)
+        c, h, w = in_shape
+        self.hw = (h, w)
+        self.widths = [h * w * o for o in channels]
+        self.damping = damping
+        below = [c, *channels[:-1]]
+        above = [*channels[1:], 0]
+        self.layers = nn.ModuleList(
+            LocalMap((b + a, h, w), o, kernel, n_classes if a == 0 else 0, act, init)
+            for b, a, o in zip(below, above, channels, strict=True))
+
+    def _map(self, s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """A normalised state as an (N, H, W, C) map in `dtype`."""
+        return normalise(s).to(dtype).view(len(s), *self.hw, -1)
+
+    def _input(self, b: torch.Tensor, a: torch.Tensor | None, y: torch.Tensor,
+               dtype: torch.dtype) -> torch.Tensor:
+        """One layer's flat input: the maps below and above stacked as channels, or the map
+        below and the normalised label for the top layer."""
+        if a is not None:
+            return torch.cat([self._map(b, dtype), self._map(a, dtype)], dim=3).flatten(1)
+        return torch.cat([self._map(b, dtype).flatten(1), normalise(y).to(dtype)], dim=1)
+
+    def initial(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """States after one bottom-up pass (top-down and label inputs are zero)."""
+        states, h = [], x
+        for j, layer in enumerate(self.layers):
+            n_above = self.widths[j + 1] if j + 1 < len(self.widths) else 0
+            zeros = h.new_zeros(len(h), *self.hw, n_above // (self.hw[0] * self.hw[1]))
+            inp = torch.cat([self._map(h, h.dtype), zeros], dim=3).flatten(1)
+            if layer.label is not None:
+                inp = torch.cat([inp, h.new_zeros(len(h), layer.label.in_features)], dim=1)
+            h = layer(inp)
+            states.append(h)
+        return states
+
+    def inputs(self, states: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor
+               ) -> list[torch.Tensor]:
+        """Each layer's input for the next iteration, from the states at t-1."""
+        dtype = states[0].dtype
+        below = [x, *states[:-1]]
+        above: list[torch.Tensor | None] = [*states[1:], None]
+        return [self._input(b, a, y, dtype) for b, a in zip(below, above, strict=True)]

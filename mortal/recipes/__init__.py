@@ -57,6 +57,7 @@ def _load_all() -> None:
         dbn_mnist,
         distill_mnist,
         distill_omitted_mnist,
+        ff_cifar10,
         ff_local_mnist,
         ff_recurrent_mnist,
         ff_sleep_mnist,

@@ -1,0 +1,106 @@
+"""Speed of the ff-cifar10 nets (32x32x3 locally connected maps, 11x11 fields), as JSON.
+
+    python benchmarks/ff_cifar10.py [--depth 2] [--batch-size 100] [--steps 3]
+
+Measures, in one run: the bf16/fp32 matmul peak; a recurrent FF training step (positive and
+negative copies of the batch, `iterations` damped iterations, every layer's loss); the
+every-label evaluation (10 runs of score_to iterations); and a backprop step on the same local
+layers with a linear softmax. FLOPs count the locally connected layers' multiply-adds: FF does a
+forward and a weight-gradient matmul per copy and iteration, backprop adds the input gradient
+(except the first layer's). These layers have 3 outputs per position, so the matmuls are thin
+and the gather of patches dominates: expect a small fraction of the peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+
+from mortal.bench import gemm_peak
+from mortal.loop import autocast, make_optimizer
+from mortal.recipes import ff_cifar10 as recipe
+from mortal.runs import environment
+
+
+def seconds_per_call(fn, steps: int, warmup: int = 1) -> float:
+    """Seconds per call of fn, after warm-up."""
+    for _ in range(warmup):
+        fn()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - t0) / steps
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--depth", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--goodness", default="min_ssq", choices=sorted(recipe.GOODNESS))
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    recipe.keep_freed_memory()
+    torch.manual_seed(0)
+    cfg = recipe.Config(batch_size=args.batch_size)
+    b = args.batch_size
+    peak = gemm_peak(seconds=0.5)["peak_gflops"]["bfloat16"]
+    x, y = torch.randn(b, 3072), torch.randint(0, 10, (b,))
+
+    net = recipe.ff_net(cfg, args.depth)
+    opts = [make_optimizer("adam", layer.parameters(), 1e-3) for layer in net.layers]
+
+    def ff_step() -> None:
+        losses = recipe.layer_losses(net, x, y, (y + 1) % 10, cfg, args.goodness)
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+        sum(losses).backward()
+        for opt in opts:
+            opt.step()
+
+    ff_s = seconds_per_call(ff_step, args.steps)
+    macs = [layer.local.weight.numel() for layer in net.layers]
+    ff_gflops = 4 * sum(macs) * 2 * b * cfg.iterations / ff_s / 1e9
+    eval_s = seconds_per_call(lambda: recipe.every_label_scores(net, x, cfg, args.goodness), 1)
+    eval_gflops = 2 * sum(macs) * b * 10 * cfg.score_to / eval_s / 1e9
+
+    model = recipe.bp_net(cfg, args.depth)
+    opt = make_optimizer("adam", model.parameters(), 1e-3)
+
+    def bp_step() -> None:
+        with autocast(x.device, cfg.dtype):
+            loss = F.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    bp_s = seconds_per_call(bp_step, max(args.steps, 5))
+    bp_macs = [m.weight.numel() for m in model[: args.depth]]
+    bp_gflops = (6 * sum(bp_macs) - 2 * bp_macs[0]) * b / bp_s / 1e9
+    n_train, n_test = 50000, 10000
+    env = environment(cfg.dtype)
+    print(json.dumps({
+        "benchmark": "ff_cifar10",
+        "depth": args.depth, "batch_size": b, "iterations": cfg.iterations, "dtype": cfg.dtype,
+        "local_macs_per_example": macs,
+        "bf16_gemm_peak_gflops": peak,
+        "ff_train_examples_per_s": round(b / ff_s, 2),
+        "ff_train_fraction_of_bf16_peak": round(ff_gflops / peak, 4),
+        "ff_every_label_eval_examples_per_s": round(b / eval_s, 2),
+        "ff_every_label_eval_fraction_of_bf16_peak": round(eval_gflops / peak, 4),
+        "bp_train_examples_per_s": round(b / bp_s, 1),
+        "bp_train_fraction_of_bf16_peak": round(bp_gflops / peak, 4),
+        "ff_epoch_seconds_estimate": round(n_train * ff_s / b, 0),
+        "ff_test_eval_seconds_estimate": round(n_test * eval_s / b, 0),
+        "bp_epoch_seconds_estimate": round(n_train * bp_s / b, 0),
+        "cpu": env["cpu"], "threads": env["torch_threads"], "torch": env["torch"],
+        "date": env["date"], "git_revision": env["git_revision"],
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
