@@ -21,6 +21,7 @@ from mortal.config import ConfigError
 from mortal.rules import backprop, ff
 from mortal.runs import Run, read_metrics
 
+from . import twoproc
 from .conftest import REPO, needs_mnist
 
 # --- pure functions ------------------------------------------------------------------------
@@ -118,35 +119,18 @@ def _worker(out: Path) -> None:
     _train_ff(out / "pipe")
     distributed.init(pipeline=0)
     _train_bp(out / "bp")
-    distributed.shutdown()
-    (out / f"done{r}.txt").write_text("left the group")
+    twoproc.leave(out)
 
 
 def _without_seconds(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
 
 
-def _single_process(fn, *args):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each worker: the same matmul kernels, the same bits
-    try:
-        return fn(*args)
-    finally:
-        torch.set_num_threads(threads)
-
-
 def test_data_parallel_and_pipeline_match_one_process(tmp_path):
-    port = distributed.free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.test_distributed", str(tmp_path)],
-                              cwd=REPO, env=distributed.local_env(r, 2, port),
-                              stderr=subprocess.PIPE, text=True) for r in range(2)]
-    ref_net = _single_process(_train_ff, tmp_path / "ref")  # meanwhile, the reference
-    _single_process(_train_bp, tmp_path / "ref_bp")
-    for r, p in enumerate(procs):
-        _, err = p.communicate(timeout=120)
-        done = (tmp_path / f"done{r}.txt").exists()
-        assert p.returncode == 0, f"rank {r} exited {p.returncode} (work finished: {done}): {err}"
-        assert done
+    procs = twoproc.start("tests.test_distributed", tmp_path)
+    ref_net = twoproc.one_thread(_train_ff, tmp_path / "ref")  # meanwhile, the reference
+    twoproc.one_thread(_train_bp, tmp_path / "ref_bp")
+    twoproc.join(procs, tmp_path)
     ref = _without_seconds(read_metrics(tmp_path / "ref"))
     assert len(ref) == 3 and "test_error_pct" in ref[1] and "test_error_softmax_pct" in ref[2]
     # The pipeline: every logged number equal, bit for bit, to the single process's.
@@ -251,9 +235,3 @@ def test_killed_worker_stops_the_run_and_resume_reproduces_it(tmp_path, capsys):
 
 if __name__ == "__main__":  # a worker of test_data_parallel_and_pipeline_match_one_process
     _worker(Path(sys.argv[1]))
-    # Everything is written and the group is left (the test checks done{r}.txt). Skip the
-    # interpreter's teardown: once in CI a worker died of SIGABRT ("terminate called without an
-    # active exception") with no traceback, which gloo can do when its threads outlive Python.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
