@@ -3,8 +3,10 @@
 Hinton's GLOM paper describes an imaginary system and reports no numbers. The targets here are
 the issue's: islands of agreement that match the true parts at a low level (ARI >= 0.8) and the
 true objects at a high level (ARI >= 0.9), and object classification from the top level above
-a numpy eGLOM-lite's 99 / 92 / 93 % at ambiguity 0 / 0.5 / 0.8. The data is
-mortal.data.parts: two objects per 48x64 image, three ellipse parts each, four classes.
+a numpy eGLOM-lite's 99 / 92 / 93 % at ambiguity 0 / 0.5 / 0.8 (a supervised model given
+each ellipse's parameters: a reference, not a like-for-like number). The data is
+mortal.data.parts: two objects per 48x64 image, three ellipse parts each, four classes; by
+default the objects touch or overlap (layout "touching"; "strips" keeps them apart).
 
 One GLOM learns on batches drawn at every ambiguity in turn (new images each step, so there
 is no overfitting to a training set). Then, per ambiguity, on fresh test images:
@@ -13,6 +15,8 @@ is no overfitting to a training set). Then, per ambiguity, on fresh test images:
                  parts and objects, averaged over images
   classification a linear softmax on each object's mean top-level embedding (over its true
                  columns), trained on other images' objects: labels reach only the probe
+Every measure is also taken for the same GLOM with its initial (random) nets, and results.json
+holds both and their difference per level (learning_gain_per_ambiguity).
 Pictures: every level, every iteration, PCA to RGB with island boundaries (PNG and GIF).
 """
 
@@ -65,8 +69,10 @@ class Config:
     lr: float = 1e-3
     tau: float = 0.1
     far_negatives: bool = True  # InfoNCE also against the image's columns outside the window
-    ink_only: bool = False  # local losses averaged over the columns with ink only
-    image_negatives: bool = True  # InfoNCE against other images' same column (else far only)
+    # measured better (docs/glom.md, second session): losses on inked columns only, and
+    # InfoNCE negatives from the same image's far columns only, not other images
+    ink_only: bool = True  # local losses averaged over the columns with ink only
+    image_negatives: bool = False  # InfoNCE against other images' same column (else far only)
     contrast_weight: float = 0.1
     mask_frac: float = 0.25
     dtype: Literal["bfloat16", "float32"] = "bfloat16"
@@ -92,6 +98,8 @@ class Config:
         check(self.iterations >= 1 and self.eval_iterations >= 1, "iterations must be >= 1", p)
         check(self.lr > 0 and self.tau > 0 and self.beta > 0, "lr, tau, beta must be > 0", p)
         check(0 < self.mask_frac < 1, "mask_frac must be in (0, 1)", p)
+        check(self.image_negatives or self.far_negatives,
+              "InfoNCE needs negatives: image_negatives or far_negatives (or both)", p)
         check(self.n_val >= 1 and self.n_test >= 1 and self.n_probe_train >= 8
               and self.probe_epochs >= 1,
               "n_val, n_test >= 1, n_probe_train >= 8 and probe_epochs >= 1", p)

@@ -123,13 +123,14 @@ def far_mask(model: Glom) -> torch.Tensor:
 
 def ink_weights(x: torch.Tensor, patch: int) -> torch.Tensor:
     """(B, C, H, W) -> (B, N) loss weights: 1 / count on the columns with ink (any non-zero
-    pixel) in their own patch, 0 elsewhere, the count taken over the global batch under data
-    parallel (so the weights of all processes together sum to one, like one process's); when
-    no column has ink, uniform."""
+    pixel) in their own patch, 0 elsewhere; uniform when no column of the batch has ink. Under
+    data parallel the count is the global batch's divided by the process count, so the mean
+    over processes of their weighted sums is one process's weighted mean on the whole batch."""
     ink = (patches(x, patch).abs().sum(-1) > 0).float()
-    if not bool(ink.any()):
-        ink = torch.ones_like(ink)
     count = distributed.all_sum(ink.sum().clone()) / distributed.world()
+    if float(count) == 0:
+        ink = torch.ones_like(ink)
+        count = distributed.all_sum(ink.sum().clone()) / distributed.world()
     return ink / count
 
 
