@@ -110,8 +110,9 @@ def test_smoke_run_writes_every_cell(tmp_path, monkeypatch):
             os.symlink(f, dest / f.name)
     from mortal.runs import Run
 
-    cfg = fc.Config(epochs=1, train_limit=200, test_limit=200, eval_train_limit=100,
-                    image_size=8, kernel=3, softmax_epochs=3, eval_batch_size=200)
+    cfg = fc.Config(epochs=1, train_limit=300, test_limit=200, eval_train_limit=100,
+                    image_size=8, kernel=3, iterations=3, score_from=2, score_to=3,
+                    softmax_epochs=3, eval_batch_size=200)
     assert cfg.validate() == []
     run = Run(tmp_path / "run", "ff-cifar10", {}, quiet=True)
     results = run.finish(fc.train(cfg, run))
