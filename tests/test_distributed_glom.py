@@ -7,7 +7,6 @@ process does."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from mortal.arch.glom import Glom, GlomSpec
 from mortal.rules import glom as rule_mod
 from mortal.runs import Run, read_metrics
 
-from .conftest import REPO
+from . import twoproc
 
 SPEC = GlomSpec(image=(1, 12, 12), n_levels=3, dim=8, hidden=16, pos_freqs=2,
                 weights=(1.0, 0.5, 0.5, 1.0), beta=3.0, radius=(1.5, 2.5, 0.0))
@@ -85,7 +84,7 @@ def _worker(out: Path) -> None:
     r = distributed.rank()
     for name, net in _runs(out / "dp", resume=True).items():
         torch.save(net.state_dict(), out / f"{name}_weights{r}.pt")
-    distributed.shutdown()
+    twoproc.leave(out)  # leave the group together, mark done, skip the interpreter teardown
 
 
 def _without_seconds(rows: list[dict]) -> list[dict]:
@@ -93,19 +92,10 @@ def _without_seconds(rows: list[dict]) -> list[dict]:
 
 
 def test_glom_data_parallel_matches_one_process(tmp_path):
-    port = distributed.free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.test_distributed_glom", str(tmp_path)],
-                              cwd=REPO, env=distributed.local_env(r, 2, port),
-                              stderr=subprocess.PIPE, text=True) for r in range(2)]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each worker
-    try:
-        ref = _runs(tmp_path / "ref", resume=False)  # meanwhile, one process, combined batch
-    finally:
-        torch.set_num_threads(threads)
-    for p in procs:
-        _, err = p.communicate(timeout=120)
-        assert p.returncode == 0, f"rank {procs.index(p)} exited {p.returncode}: {err}"
+    procs = twoproc.start("tests.test_distributed_glom", tmp_path)
+    # meanwhile, one process on the combined batches
+    ref = twoproc.one_thread(_runs, tmp_path / "ref", False)
+    twoproc.join(procs, tmp_path)
     for name in ("local", "local_ink", "paper"):
         want = _without_seconds(read_metrics(tmp_path / "ref" / name))
         got = _without_seconds(read_metrics(tmp_path / "dp" / name))
