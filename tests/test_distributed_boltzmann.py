@@ -3,7 +3,6 @@ in two processes over gloo, against one process on the combined batch."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from mortal import distributed
 from mortal.rules import boltzmann as bz
 from mortal.runs import Run, read_metrics
 
-from .conftest import REPO
+from . import twoproc
 
 N, D, H, LABELS = 200, 30, 20, 4
 
@@ -78,7 +77,7 @@ def _worker(out: Path) -> None:
     ud = _updown(out / "ud")
     torch.save({k: _weights(m) for k, m in (("cd", cd), ("pcd", pcd), ("ud", ud))},
                out / f"weights{r}.pt")
-    distributed.shutdown()
+    twoproc.leave(out)  # leave the group with the other rank, exit without teardown
 
 
 def _rows(path: Path) -> list[dict]:
@@ -87,20 +86,11 @@ def _rows(path: Path) -> list[dict]:
 
 
 def test_data_parallel_rbm_and_updown_match_one_process(tmp_path):
-    port = distributed.free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.test_distributed_boltzmann",
-                               str(tmp_path)], cwd=REPO, env=distributed.local_env(r, 2, port),
-                              stderr=subprocess.PIPE, text=True) for r in range(2)]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each worker: the same kernels
-    try:  # meanwhile, the single-process references
-        ref = {"cd": _cd(tmp_path / "ref_cd"), "pcd": _pcd(tmp_path / "ref_pcd"),
-               "ud": _updown(tmp_path / "ref_ud")}
-    finally:
-        torch.set_num_threads(threads)
-    for p in procs:
-        _, err = p.communicate(timeout=120)
-        assert p.returncode == 0, f"rank {procs.index(p)} exited {p.returncode}: {err}"
+    procs = twoproc.start("tests.test_distributed_boltzmann", tmp_path)
+    ref = twoproc.one_thread(lambda: {  # meanwhile, the single-process references
+        "cd": _cd(tmp_path / "ref_cd"), "pcd": _pcd(tmp_path / "ref_pcd"),
+        "ud": _updown(tmp_path / "ref_ud")})
+    twoproc.join(procs, tmp_path)
     for name in ref:
         want, got = _rows(tmp_path / f"ref_{name}"), _rows(tmp_path / name)
         assert len(want) == (2 if name == "ud" else 3) and len(got) == len(want), name
