@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,7 @@ from mortal.recipes import ff_cifar10 as recipe
 from mortal.runs import environment
 
 
-def seconds_per_call(fn, steps: int, warmup: int = 1) -> float:
+def seconds_per_call(fn: Callable[[], object], steps: int, warmup: int = 1) -> float:
     """Seconds per call of fn, after warm-up."""
     for _ in range(warmup):
         fn()
