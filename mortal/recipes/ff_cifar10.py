@@ -183,36 +183,6 @@ def bp_net(cfg: Config, depth: int) -> nn.Sequential:
 # --- FF on the recurrent local net ------------------------------------------------------------
 
 
-def layer_losses(net: LocalRecurrentStack, x: torch.Tensor, y_pos: torch.Tensor,
-                 y_neg: torch.Tensor, cfg: Config, goodness: str) -> list[torch.Tensor]:
-    """ff-recurrent-mnist's per-layer FF losses, generalised to either goodness: positive and
-    negative runs fused into one batch, every iteration's loss averaged, inputs detached (no
-    gradient crosses a layer or an iteration)."""
-    fn, sign = ff.GOODNESS[GOODNESS[goodness]]
-    n = len(x)
-    xx = torch.cat([x, x])
-    yy = torch.cat([rec.one_hot(y_pos, cfg.label_value), rec.one_hot(y_neg, cfg.label_value)])
-    with torch.no_grad(), autocast(x.device, cfg.dtype):
-        states = net.initial(xx)
-    totals = [torch.zeros((), device=x.device) for _ in net.layers]
-    for _ in range(cfg.iterations):
-        ins = net.inputs(states, xx, yy)
-        new_states = []
-        for j, (layer, s, i) in enumerate(zip(net.layers, states, ins, strict=True)):
-            with autocast(x.device, cfg.dtype):
-                h = net.mix(s, layer(i))
-            g = fn(h)
-            if cfg.loss == "pairwise":
-                loss = ff.pairwise_loss(g[:n], g[n:], cfg.temperature)
-            else:
-                loss = ff.ff_loss(g[:n], g[n:], sign * cfg.threshold * h.shape[1],
-                                  cfg.temperature)
-            totals[j] = totals[j] + loss / cfg.iterations
-            new_states.append(h.detach())
-        states = new_states
-    return totals
-
-
 def every_label_scores(net: LocalRecurrentStack, x: torch.Tensor, cfg: Config, goodness: str
                        ) -> torch.Tensor:
     """(N, 10) goodness (higher = more positive) with each label, summed over the layers and
@@ -263,8 +233,8 @@ def train_ff(cfg: Config, data: Split, depth: int, goodness: str, stage: Any
                     set_lr(opt, cfg.lr * ff.cooldown_factor(step / (cfg.epochs * steps)))
                 idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
                 y = data.y_train[idx]
-                losses = layer_losses(net, data.x_train[idx], y, wrong_labels(y, 10, g), cfg,
-                                      goodness)
+                losses = rec.layer_losses(net, data.x_train[idx], y, wrong_labels(y, 10, g),
+                                          cfg, GOODNESS[goodness])
                 check_finite({f"layer {j + 1} loss": v for j, v in enumerate(losses)}, step,
                              f"the {depth}-layer FF net ({goodness})")
                 for opt in opts:

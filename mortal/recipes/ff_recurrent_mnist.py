@@ -79,9 +79,12 @@ def one_hot(y: torch.Tensor, value: float, n: int = 10) -> torch.Tensor:
 
 
 def layer_losses(net: RecurrentStack, x: torch.Tensor, y_pos: torch.Tensor, y_neg: torch.Tensor,
-                 cfg: Config) -> list[torch.Tensor]:
+                 cfg: Any, goodness: str = "sumsq") -> list[torch.Tensor]:
     """Every layer's FF loss summed over the iterations, positive and negative runs fused into
-    one batch; each layer's input is detached, so each loss reaches only its own layer."""
+    one batch; each layer's input is detached, so each loss reaches only its own layer.
+    `goodness` names an entry of ff.GOODNESS (ff-cifar10 also uses "neg_sumsq"); any stack
+    with initial / inputs / mix works (dense or locally connected maps)."""
+    fn, sign = ff.GOODNESS[goodness]
     n = len(x)
     xx = torch.cat([x, x])
     yy = torch.cat([one_hot(y_pos, cfg.label_value), one_hot(y_neg, cfg.label_value)])
@@ -94,11 +97,12 @@ def layer_losses(net: RecurrentStack, x: torch.Tensor, y_pos: torch.Tensor, y_ne
         for j, (layer, s, i) in enumerate(zip(net.layers, states, ins, strict=True)):
             with autocast(x.device, cfg.dtype):
                 h = net.mix(s, layer(i))
-            g = ff.sum_squares(h)
+            g = fn(h)
             if cfg.loss == "pairwise":
                 loss = ff.pairwise_loss(g[:n], g[n:], cfg.temperature)
-            else:
-                loss = ff.ff_loss(g[:n], g[n:], cfg.threshold * h.shape[1], cfg.temperature)
+            else:  # the threshold is per unit, signed like the goodness
+                loss = ff.ff_loss(g[:n], g[n:], sign * cfg.threshold * h[0].numel(),
+                                  cfg.temperature)
             totals[j] = totals[j] + loss / cfg.iterations
             new_states.append(h.detach())
         states = new_states
