@@ -204,3 +204,41 @@ def test_hard_negatives_come_from_the_model(tmp_path):
     table = checkpoint.load(tmp_path / "r" / "checkpoint.safetensors")["state"]["y_neg_table"]
     assert table.shape == y.shape and not (table == y).any()
     assert int(table.max()) < 4
+
+
+def test_averaged_weights_are_swapped_in_and_back():
+    net = _net((6, 5), peer=0.0)
+    live = [p.detach().clone() for p in net.layers.parameters()]
+    avg = [torch.full_like(p, 0.5) for p in live]
+    with ff.averaged_weights(net, avg):
+        assert all(torch.equal(p, a) for p, a in zip(net.layers.parameters(), avg, strict=True))
+    assert all(torch.equal(p, w) for p, w in zip(net.layers.parameters(), live, strict=True))
+    with ff.averaged_weights(net, None):  # no average: the weights as trained
+        assert all(torch.equal(p, w) for p, w in zip(net.layers.parameters(), live, strict=True))
+
+
+def test_weight_average_is_a_moving_average_and_resumes_exactly(tmp_path):
+    """With weight_average, evaluation uses an EMA of the weights (here: not the trained ones),
+    the training weights are untouched by it, and a run stopped after epoch 1 and resumed ends
+    with the uninterrupted run's metrics (the average is checkpointed)."""
+    x, y = torch.rand(200, 20), torch.randint(0, 10, (200,))
+
+    def run(out, epochs: int, average: float, resume: bool = False) -> tuple[dict, ff.FFNet]:
+        torch.manual_seed(0)
+        net = _net((12, 8), peer=0.0)
+        cfg = ff.FFTraining(epochs=epochs, batch_size=20, softmax_epochs=1,
+                            weight_average=average, schedule="constant")  # 1 epoch = the first
+        res = ff.train(net, x, y, x, y, cfg, Run(out, "t", {}, quiet=True, resume=resume),
+                       progress=False)
+        return res, net
+
+    plain, plain_net = run(tmp_path / "plain", 2, 0.0)
+    whole, whole_net = run(tmp_path / "whole", 2, 0.9)
+    for a, b in zip(plain_net.layers.parameters(), whole_net.layers.parameters(), strict=True):
+        assert torch.equal(a, b)  # averaging never touches the weights being trained
+    # ... but the classifier saw the averaged ones
+    assert whole["test_error_goodness_pct"] != plain["test_error_goodness_pct"]
+    run(tmp_path / "cut", 1, 0.9)
+    resumed, _ = run(tmp_path / "cut", 2, 0.9, resume=True)
+    keep = ("test_error_goodness_pct", "test_error_softmax_pct")
+    assert {k: resumed[k] for k in keep} == {k: whole[k] for k in keep}

@@ -47,6 +47,7 @@ class Config:
     hard_negatives_every: int = 1
     hard_negatives_from: Literal["softmax", "goodness"] = "softmax"
     hard_negatives_mix: float = 1.0
+    weight_average: float = 0.0  # EMA decay of the weights used to classify; 0: as trained
     eval_every: int = 10
     softmax_epochs: int = 20
     softmax_lr: float = 1e-2
@@ -65,6 +66,7 @@ class Config:
         check(self.epochs >= 1, "epochs must be >= 1", p)
         check(self.batch_size >= 1, "batch_size must be >= 1", p)
         check(self.lr > 0, "lr must be > 0", p)
+        check(0 <= self.weight_average < 1, "weight_average is an EMA decay in [0, 1)", p)
         check(self.n_layers >= 2, "FF classification skips the first layer: need >= 2 layers",
               p)
         check(self.temperature > 0, "temperature must be > 0", p)
@@ -98,7 +100,8 @@ def training(cfg: Config) -> ff.FFTraining:
                          hard_negatives_from=cfg.hard_negatives_from,
                          hard_negatives_mix=cfg.hard_negatives_mix,
                          eval_every=cfg.eval_every, softmax_epochs=cfg.softmax_epochs,
-                         softmax_lr=cfg.softmax_lr, seed=cfg.seed)
+                         softmax_lr=cfg.softmax_lr, weight_average=cfg.weight_average,
+                         seed=cfg.seed)
 
 
 def train(cfg: Config, run) -> dict:

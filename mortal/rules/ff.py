@@ -30,7 +30,8 @@ This file holds the whole rule:
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -365,6 +366,9 @@ class FFTraining:
     # "Sleep": 0 learns from positive and negative data at every step; k > 0 alternates k
     # positive-only steps with k negative-only steps.
     sleep_block: int = 0
+    # Evaluate (and classify with) an exponential moving average of the layers' weights, with
+    # this decay per step; 0 evaluates the weights as trained.
+    weight_average: float = 0.0
     seed: int = 0
 
     @property
@@ -422,6 +426,23 @@ def _hard_negatives_everywhere(net: FFNet, x: torch.Tensor, y: torch.Tensor, cfg
     return table
 
 
+@contextmanager
+def averaged_weights(net: FFNet, avg: list[torch.Tensor] | None) -> Iterator[None]:
+    """Within the block, the layers hold the averaged weights `avg` (none: unchanged)."""
+    if avg is None:
+        yield
+        return
+    params = list(net.layers.parameters())
+    live = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        torch._foreach_copy_(params, avg)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            torch._foreach_copy_(params, live)
+
+
 def _scale_out(net: FFNet) -> None:
     """Under torch.distributed, make `net` a pipeline stage or a data-parallel replica."""
     net.pipe = net.grads = None
@@ -453,6 +474,12 @@ def train(net: FFNet, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torc
             opt.load_state_dict(s)
         net.peer_means = [t if t.numel() else None for t in state["peer_means"]]
         y_neg_table = state.get("y_neg_table")
+    avg = None  # the moving average of the layers' weights, when asked for
+    if cfg.weight_average:
+        if net.pipe is not None:
+            raise ValueError("weight_average needs every layer in one process (not --pipeline)")
+        avg = (state["avg"] if state is not None and "avg" in state
+               else [p.detach().clone() for p in net.layers.parameters()])
     for epoch in range(start, cfg.epochs):
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         if (cfg.supervised and cfg.hard_negatives_every and epoch > 0
@@ -480,6 +507,10 @@ def train(net: FFNet, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torc
                 phase = ("both" if not cfg.sleep_block else
                          "pos" if (step // cfg.sleep_block) % 2 == 0 else "neg")
                 stats = net.train_step(x_pos, x_neg, phase)
+                if avg is not None:
+                    with torch.no_grad():
+                        torch._foreach_lerp_(avg, [p.detach() for p in net.layers.parameters()],
+                                             1.0 - cfg.weight_average)
                 step_stats = torch.stack([torch.stack([s["loss"], s["acc"]]) for s in stats])
                 check_finite({f"layer {j + 1} loss": step_stats[k, 0]
                               for k, j in enumerate(owned)}, step, "the FF network")
@@ -497,18 +528,19 @@ def train(net: FFNet, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torc
             row[f"loss_layer{j + 1}"] = float(means[j, 0])
             row[f"ff_acc_layer{j + 1}"] = float(means[j, 1])
         final = None
-        if epoch + 1 == cfg.epochs:  # the final evaluation, both modes, logged with the epoch
-            final = distributed.from_main(
-                lambda: evaluate(net, x_train, y_train, x_test, y_test, cfg))
-            if cfg.supervised:
-                row["test_error_pct"] = final["test_error_goodness_pct"]
-            row["test_error_softmax_pct"] = final["test_error_softmax_pct"]
-        elif (epoch + 1) % cfg.eval_every == 0 and cfg.supervised:
-            row["test_error_pct"] = distributed.from_main(lambda: error_pct(
-                net.goodness_scores(x_test, cfg.n_classes).argmax(1), y_test))
-        elif (epoch + 1) % cfg.eval_every == 0:  # a quick softmax (2 epochs) to watch progress
-            row["test_error_softmax_pct"] = distributed.from_main(
-                lambda: quick_softmax_error(net, x_train, y_train, x_test, y_test, cfg))
+        with averaged_weights(net, avg):
+            if epoch + 1 == cfg.epochs:  # the final evaluation, both modes, logged with the epoch
+                final = distributed.from_main(
+                    lambda: evaluate(net, x_train, y_train, x_test, y_test, cfg))
+                if cfg.supervised:
+                    row["test_error_pct"] = final["test_error_goodness_pct"]
+                row["test_error_softmax_pct"] = final["test_error_softmax_pct"]
+            elif (epoch + 1) % cfg.eval_every == 0 and cfg.supervised:
+                row["test_error_pct"] = distributed.from_main(lambda: error_pct(
+                    net.goodness_scores(x_test, cfg.n_classes).argmax(1), y_test))
+            elif (epoch + 1) % cfg.eval_every == 0:  # a quick softmax (2 epochs) to watch
+                row["test_error_softmax_pct"] = distributed.from_main(
+                    lambda: quick_softmax_error(net, x_train, y_train, x_test, y_test, cfg))
         run.log(**row)
         if progress:
             msg = f"epoch {epoch + 1}/{cfg.epochs}: layer losses " + " ".join(
@@ -523,11 +555,13 @@ def train(net: FFNet, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torc
             "optimizers": [opt.state_dict() for opt in net.optimizers],
             "peer_means": [t if t is not None else torch.empty(0) for t in net.peer_means],
             **({"y_neg_table": y_neg_table} if y_neg_table is not None else {}),
+            **({"avg": avg} if avg is not None else {}),
         })
         if final is not None:
             return final
-    return distributed.from_main(  # resumed after the last epoch
-        lambda: evaluate(net, x_train, y_train, x_test, y_test, cfg))
+    with averaged_weights(net, avg):
+        return distributed.from_main(  # resumed after the last epoch
+            lambda: evaluate(net, x_train, y_train, x_test, y_test, cfg))
 
 
 def quick_softmax_error(net: FFNet, x_train: torch.Tensor, y_train: torch.Tensor,
