@@ -237,12 +237,7 @@ def train_ff(cfg: Config, data: Split, depth: int, goodness: str, stage: Any
                                           cfg, GOODNESS[goodness])
                 check_finite({f"layer {j + 1} loss": v for j, v in enumerate(losses)}, step,
                              f"the {depth}-layer FF net ({goodness})")
-                for opt in opts:
-                    opt.zero_grad(set_to_none=True)
-                sum(losses).backward()  # each loss reaches only its own layer's weights
-                for opt in opts:
-                    opt.step()
-                sums += torch.stack([v.detach().float() for v in losses]).cpu()
+                sums += rec.update(opts, losses)
         stage.log(epoch=epoch + 1, seconds=round(stage.train_seconds, 2),
                   **{f"loss_layer{j + 1}": float(v / steps) for j, v in enumerate(sums)})
         stage.save(epoch + 1, {"net": net.state_dict(),

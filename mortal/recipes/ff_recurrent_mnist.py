@@ -109,6 +109,17 @@ def layer_losses(net: RecurrentStack, x: torch.Tensor, y_pos: torch.Tensor, y_ne
     return totals
 
 
+def update(opts: list[torch.optim.Optimizer], losses: list[torch.Tensor]) -> torch.Tensor:
+    """Step every layer's optimiser on its own loss (each loss reaches only its own layer's
+    weights); returns the losses, detached, on the CPU."""
+    for opt in opts:
+        opt.zero_grad(set_to_none=True)
+    sum(losses).backward()
+    for opt in opts:
+        opt.step()
+    return torch.stack([v.detach().float() for v in losses]).cpu()
+
+
 @torch.no_grad()
 def goodness_by_iteration(net: RecurrentStack, x: torch.Tensor, cfg: Config, iterations: int,
                           batch_size: int = 1000) -> torch.Tensor:
@@ -175,12 +186,7 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
                 losses = layer_losses(net, data.x_train[idx], y, y_neg, cfg)
                 check_finite({f"layer {j + 1} loss": v for j, v in enumerate(losses)}, step,
                              "the recurrent FF network")
-                for opt in opts:
-                    opt.zero_grad(set_to_none=True)
-                sum(losses).backward()  # each loss reaches only its own layer's weights
-                for opt in opts:
-                    opt.step()
-                sums += torch.stack([v.detach().float() for v in losses]).cpu()
+                sums += update(opts, losses)
         row: dict[str, Any] = {"epoch": epoch + 1, "seconds": round(run.train_seconds, 2),
                                **{f"loss_layer{j + 1}": float(v / steps)
                                   for j, v in enumerate(sums)}}
