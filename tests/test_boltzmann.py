@@ -162,3 +162,54 @@ def test_rbm_reconstruction_falls_and_dbn_readout_beats_80_percent():
              for s in (x, data.x_test[:2000])]
     err = readout_error(feats[0], y, feats[1], data.y_test[:2000], epochs=30, seed=0)
     assert err < 20.0  # measured: 17.1 % with these settings (raw pixels: 14.0 %)
+
+
+def test_linear_lr_decay_falls_to_zero_over_the_run_by_hand():
+    # 2 epochs of 4 updates: update j of 8 gets lr * (1 - j/8)
+    cfg = bz.RBMTraining(epochs=2, lr=0.1, lr_decay="linear")
+    got = [cfg.lr_at(e, i, 4) for e in range(2) for i in range(4)]
+    want = [0.1, 0.0875, 0.075, 0.0625, 0.05, 0.0375, 0.025, 0.0125]
+    assert all(abs(a - b) < 1e-12 for a, b in zip(got, want, strict=True))
+    assert bz.RBMTraining(epochs=2, lr=0.1).lr_at(1, 3, 4) == 0.1  # constant
+
+
+def test_train_rbm_takes_the_decayed_rate_with_no_momentum():
+    # one update, momentum 0, no weight cost: the step is lr_at(0, 0, 1) times the CD gradient
+    # with the same random stream, and the decayed rate of a 2-epoch run's second epoch is half
+    x = (torch.rand(10, 6, generator=torch.Generator().manual_seed(1)) < 0.5).float()
+    r0 = bz.RBM.init(6, 3, seed=0)
+    steps = {}
+    for decay in ("constant", "linear"):
+        rbm = bz.RBM.init(6, 3, seed=0)
+        bz.train_rbm(rbm, x, bz.RBMTraining(epochs=2, batch_size=10, lr=0.1, momentum_start=0.0,
+                                            momentum_end=0.0, weight_decay=0.0, dtype="float32",
+                                            lr_decay=decay))
+        steps[decay] = rbm.w - r0.w
+    # same two CD gradients g1, g2: constant 0.1 (g1 + g2), linear 0.1 g1 + 0.05 g2
+    g = torch.Generator().manual_seed(0)
+    rbm = bz.RBM.init(6, 3, seed=0)
+    grads = []
+    for e in range(2):
+        order = bz.epoch_order(10, 0, e, x.device)
+        gr, _, _ = bz.cd_gradient(rbm, x[order], 1, None, g, "float32")
+        grads.append(gr["w"])
+        for key, p in rbm.state().items():
+            p.add_(gr[key], alpha=0.1 if e == 0 else 0.05)
+    assert torch.allclose(steps["linear"], 0.1 * grads[0] + 0.05 * grads[1], atol=1e-6)
+    assert not torch.allclose(steps["linear"], steps["constant"], atol=1e-4)
+
+
+def test_dbn_mnist_label_free_top_validates_and_reads_the_top_layer(tmp_path):
+    from mortal.recipes import dbn_mnist, rbm_mnist
+
+    assert dbn_mnist.Config(top_labels=False).validate()  # up-down and backprop need labels
+    assert not dbn_mnist.Config(top_labels=False, updown_epochs=0, bp_epochs=0).validate()
+    assert rbm_mnist.Config(init_from=str(tmp_path)).validate()  # no checkpoint there
+    g = torch.Generator().manual_seed(0)
+    rbms = [bz.RBM(torch.randn(4, 3, generator=g), torch.zeros(4), torch.randn(3, generator=g)),
+            bz.RBM(torch.randn(3, 2, generator=g), torch.zeros(3), torch.randn(2, generator=g))]
+    dbn = bz.DBN.from_stack(rbms)
+    x = torch.tensor([[1.0, 0.0, 1.0, 1.0]])
+    pen = torch.sigmoid(x @ rbms[0].w + rbms[0].c)
+    want = torch.sigmoid(pen @ rbms[1].w + rbms[1].c)
+    assert torch.allclose(dbn_mnist.top_features(dbn, x), want, atol=1e-6)

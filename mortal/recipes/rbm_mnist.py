@@ -33,6 +33,7 @@ from mortal.recipes.common import load_split, standard_results
 from mortal.rules import boltzmann as bz
 from mortal.rules import ff
 from mortal.rules.backprop import Split
+from mortal.runs import checkpoint as ckpt
 
 # Salakhutdinov & Murray 2008, results table (500 hidden units), keyed by (k, k_end).
 PAPER_NATS = {(1, 0): -125.53, (3, 0): -105.50, (1, 25): -86.34}
@@ -57,7 +58,10 @@ class Config:
     k: int = 1
     k_end: int = 0
     persistent: bool = False
-    lr_decay: Literal["constant", "linear"] = "constant"
+    lr_decay: Literal["constant", "linear"] = "constant"  # linear: lr -> 0 over the run
+    # a finished rbm-mnist run directory whose final RBM starts this one (fresh momentum), e.g.
+    # CD-25 continued from a CD-3 model; the data (seed, binarize) must be the same
+    init_from: str = ""
     ais_runs: int = 100
     ais_betas: tuple[int, int, int] = (500, 4000, 10000)
     # AIS from each base model; log Z is the largest estimate (each errs low: see docs)
@@ -84,6 +88,9 @@ class Config:
         check(len(self.ais_bases) >= 1 and set(self.ais_bases) <= {"base_rate", "uniform"},
               "ais_bases: one or both of base_rate, uniform (the AIS starting models)", p)
         check(self.train_limit >= 0 and self.sample_steps >= 0, "limits must be >= 0", p)
+        check(self.lr_decay in ("constant", "linear"), "lr_decay: constant or linear", p)
+        check(not self.init_from or (Path(self.init_from) / "checkpoint.safetensors").is_file(),
+              "init_from: a run directory holding checkpoint.safetensors", p)
         return p
 
 
@@ -121,6 +128,16 @@ def readout_error(feats_train: torch.Tensor, y_train: torch.Tensor, feats_test: 
     return ff.error_pct(ff.softmax_predict(head, feats_test), y_test)
 
 
+def start_weights(run_dir: str, like: bz.RBM) -> dict[str, torch.Tensor]:
+    """The final RBM weights of a finished rbm-mnist run, checked against `like`'s shapes."""
+    state = ckpt.load(Path(run_dir) / "checkpoint.safetensors")["state"]["rbm"]
+    for k, v in like.state().items():
+        if state[k].shape != v.shape:
+            raise ValueError(f"init_from {run_dir}: {k} has shape {tuple(state[k].shape)}, "
+                             f"this run needs {tuple(v.shape)}")
+    return {k: v.to(like.w.device) for k, v in state.items()}
+
+
 def rbm_training(cfg: Config) -> bz.RBMTraining:
     """The training-loop settings of this recipe."""
     return bz.RBMTraining(
@@ -140,6 +157,8 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
     base_b = bz.base_rate_bias(data.x_train)
     rbm = bz.RBM.init(data.x_train.shape[1], cfg.n_hidden, cfg.seed, b=base_b,
                       hidden=cfg.hidden).to(device)
+    if cfg.init_from:
+        rbm.load(start_weights(cfg.init_from, rbm))
     out = bz.train_rbm(rbm, data.x_train, rbm_training(cfg), run, progress=not run.quiet)
     # data parallel: rank 0 evaluates and writes; every process returns its results
     return distributed.from_main(lambda: report(cfg, run, rbm, data, base_b, out))
@@ -184,10 +203,13 @@ def report(cfg: Config, run: Any, rbm: bz.RBM, data: Split, base_b: torch.Tensor
     err = readout_error(feats[0], data.y_train, feats[1], data.y_test, cfg.readout_epochs,
                         cfg.seed)
     key = (cfg.k, cfg.k_end)
-    paper = PAPER_NATS.get(key) if cfg.n_hidden == 500 and not cfg.persistent else None
+    paper = (PAPER_NATS.get(key) if cfg.n_hidden == 500 and not cfg.persistent
+             and not cfg.init_from else None)
     full = cfg.dataset == "mnist" and not cfg.train_limit
     setting = f"CD-{cfg.k}" + (f"->{cfg.k_end}" if cfg.k_end > cfg.k else "")
     setting = ("PCD-" + str(cfg.k)) if cfg.persistent else setting
+    setting += f", lr {cfg.lr}" + (" -> 0" if cfg.lr_decay == "linear" else "")
+    setting += f", from {Path(cfg.init_from).name}" if cfg.init_from else ""
     lines = ["| model | paper test log-likelihood (nats) | ours | ours, +-3 s.e. of log Z |",
              "|---|---|---|---|"]
     if evals:

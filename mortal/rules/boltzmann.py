@@ -237,9 +237,17 @@ class RBMTraining:
     k_end: int = 0  # > k: k grows linearly from k to k_end over training ("CD-T gradually")
     persistent: bool = False
     sample_inputs: bool = False  # treat inputs as probabilities; draw binary inputs per batch
+    # "linear": the rate falls linearly from lr to 0 over all the run's updates (an annealed
+    # rate, as in Tieleman 2008's PCD runs); "constant" keeps lr throughout
     lr_decay: Literal["constant", "linear"] = "constant"
     dtype: str = "bfloat16"
     seed: int = 0
+
+    def lr_at(self, epoch: int, step: int, steps: int) -> float:
+        """Learning rate of update `step` (0-based) of `epoch` (0-based), `steps` per epoch."""
+        if self.lr_decay == "constant":
+            return self.lr
+        return self.lr * (1 - (epoch * steps + step) / (self.epochs * steps))
 
     def k_at(self, epoch: int) -> int:
         """Gibbs steps of the negative phase at `epoch` (0-based)."""
@@ -291,8 +299,7 @@ def train_rbm(rbm: RBM, x: torch.Tensor, cfg: RBMTraining, run: Run | None = Non
                 v0 = torch.cat([v0, labels[idx]], 1)
             if cfg.persistent and chain is None:
                 chain = GibbsChain(v0.clone())
-            frac = (epoch * steps + i) / (cfg.epochs * steps)
-            lr = cfg.lr * (1 - frac if cfg.lr_decay == "linear" else 1.0)
+            lr = cfg.lr_at(epoch, i, steps)
             grads, recon, _ = cd_gradient(rbm, v0, k, chain if cfg.persistent else None, rng,
                                           cfg.dtype)
             if dp:
