@@ -129,7 +129,7 @@ def attention_weights(e: torch.Tensor, beta: float, bias: torch.Tensor) -> torch
     """(B, L, N, D) unit embeddings -> (B, L, N, N) weights: row i is softmax over columns j of
     beta * cos(e_i, e_j) + bias[l, i, j]; each row sums to one."""
     sim = torch.matmul(e, e.transpose(-1, -2))  # (B, L, N, N)
-    return torch.softmax(beta * sim.float() + bias, dim=-1)
+    return torch.softmax(torch.add(bias, sim, alpha=beta), dim=-1)  # fp32: one pass, no copy
 
 
 def consensus(e: torch.Tensor, beta: float, bias: torch.Tensor) -> torch.Tensor:

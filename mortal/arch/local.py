@@ -1,15 +1,28 @@
 """Locally connected layers: convolution's receptive fields without its weight sharing.
 
 Every output position has its own filter bank, as in the FF paper's "local receptive fields
-without weight-sharing" and its CIFAR-10 nets. The layer runs as one gather and one batched
-matmul over positions (no Python loop over positions):
+without weight-sharing" and its CIFAR-10 nets. Two implementations, same map (tests check both
+against a masked dense layer), neither a Python loop over positions:
 
-  x (N, H*W*C) --transpose, gather--> patches (L, C*k*k, N) --bmm over L with the transposed
-  weight (L, O, C*k*k)--> (L, O, N) --> (N, oh, ow, O), with L = oh * ow positions.
+* impl="gather" (default): one gather and one batched matmul over positions,
+
+    x (N, H*W*C) --transpose, gather--> patches (L, C*k*k, N) --bmm over L with the transposed
+    weight (L, O, C*k*k)--> (L, O, N) --> (N, oh, ow, O), with L = oh * ow positions.
+
+  The patches are k*k times the input; with few outputs per position (thin matmuls) the gather
+  and its memory traffic dominate.
+
+* impl="band": output row i, columns g*bw..g*bw+bw-1 (a block of `band_width` positions) reads
+  a k x span window of the padded input (span = (bw-1)*stride + k columns). The block's weights
+  are laid out as one dense (bw*O, k*span*C) matrix with zeros outside each position's field,
+  so a block is one well-shaped matmul on an overlapping strided view of the input (no patch
+  copy): (span/k)x the useful FLOPs (1.6x for 11x11 fields, bw=8) but far less memory traffic.
+  Forward and weight/input gradients are written out (`_BandLocal`).
 
 Activities are channels-last (N, H, W, C), so a layer's output is the next one's input without
-a transpose; a single-channel image is the same in either layout. The gather indices (what
-unfold would pick) are computed once at construction.
+a transpose; a single-channel image is the same in either layout. Index tables are computed
+once per input channel count. `partial` computes the contribution of a subset of the input
+channels (the recurrent CIFAR-10 net reuses layer 1's bottom-up part across iterations).
 
 Any learning rule can train it: it maps a tensor to a tensor like `Dense`.
 """
@@ -17,12 +30,13 @@ Any learning rule can train it: it maps a tensor to a tensor like `Dense`.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mortal.arch.dense import ACTIVATIONS
+from mortal.arch.dense import ACTIVATIONS, compute_dtype
 
 
 def out_size(size: int, kernel: int, stride: int, padding: int = 0) -> int:
@@ -30,16 +44,176 @@ def out_size(size: int, kernel: int, stride: int, padding: int = 0) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
+@dataclass(frozen=True)
+class BandGeometry:
+    """Where the banded implementation reads and writes, for one input channel count: G column
+    blocks of bw output positions, each reading `span` padded input columns."""
+
+    c: int
+    h: int
+    w: int
+    k: int
+    s: int
+    p: int
+    oh: int
+    ow: int
+    o: int
+    bw: int
+
+    @property
+    def groups(self) -> int:
+        """Column blocks per output row."""
+        return -(-self.ow // self.bw)
+
+    @property
+    def span(self) -> int:
+        """Padded input columns one block reads."""
+        return (self.bw - 1) * self.s + self.k
+
+    @property
+    def padded(self) -> tuple[int, int]:
+        """(rows, columns) of the zero-padded input, big enough for every block."""
+        return (max(self.h + 2 * self.p, (self.oh - 1) * self.s + self.k),
+                max(self.w + 2 * self.p, (self.groups * self.bw - 1) * self.s + self.k))
+
+    @property
+    def fan(self) -> int:
+        """K of a block's matmul: k rows x span columns x C channels."""
+        return self.k * self.span * self.c
+
+    def block_view(self, blocks: torch.Tensor) -> torch.Tensor:
+        """The entries of (G, oh, bw*O, K) blocks (any strides) that hold real weights, as a
+        (G, oh, bw, O, C, k, k) view: position (i, g*bw + jl), output o, input (c, di, dj)
+        sits at row jl*O + o, column (di*span + jl*s + dj)*C + c of block (g, i)."""
+        sg, si, sr, sk = blocks.stride()
+        c, k = self.c, self.k
+        return blocks.as_strided((self.groups, self.oh, self.bw, self.o, c, k, k),
+                                 (sg, si, self.o * sr + self.s * c * sk, sr, sk,
+                                  self.span * c * sk, c * sk), blocks.storage_offset())
+
+    def weight_view(self, weight: torch.Tensor) -> torch.Tensor:
+        """An (L, C*k*k, O) weight (or a channel slice of one) as (G, oh, bw, O, C, k, k),
+        zero-padded to whole blocks."""
+        w = weight.unflatten(1, (self.c, self.k, self.k)).unflatten(0, (self.oh, self.ow))
+        if self.groups * self.bw > self.ow:
+            w = F.pad(w, (0, 0, 0, 0, 0, 0, 0, 0, 0, self.groups * self.bw - self.ow))
+        return w.unflatten(1, (self.groups, self.bw)).permute(1, 0, 2, 6, 3, 4, 5)
+
+    def blocks(self, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The dense (G, oh, bw*O, K) block matrices of `weight`, zeros outside the fields."""
+        out = weight.new_zeros(self.groups, self.oh, self.bw * self.o, self.fan, dtype=dtype)
+        self.block_view(out).copy_(self.weight_view(weight))
+        return out
+
+    def columns(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, H, W, C) input -> (G, rows*span*C, N): each block column's padded input."""
+        hp, wp = self.padded
+        n = x.shape[0]
+        xp = x.new_zeros(hp, wp, self.c, n)
+        xt = x.reshape(n, -1).t().contiguous().view(self.h, self.w, self.c, n)
+        xp[self.p : self.p + self.h, self.p : self.p + self.w] = xt
+        step = self.bw * self.s
+        return torch.stack([xp[:, g * step : g * step + self.span]
+                            for g in range(self.groups)]).view(self.groups, -1, n)
+
+    def band(self, cols: torch.Tensor, g: int) -> torch.Tensor:
+        """(oh, K, N) overlapping view: output row i's input window in block column g."""
+        n = cols.shape[2]
+        return cols[g].as_strided((self.oh, self.fan, n), (self.s * self.span * self.c * n, n, 1),
+                                  cols[g].storage_offset())
+
+
+class _BandLocal(torch.autograd.Function):
+    """Banded locally connected map (N, H, W, C) -> (N, L, O) pre-activation, bias optional."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,  # noqa: D102
+                geo: BandGeometry) -> torch.Tensor:
+        dt = compute_dtype(x, weight)
+        n = x.shape[0]
+        cols = geo.columns(x.to(dt))
+        blocks = geo.blocks(weight, dt)
+        out = cols.new_empty(geo.groups, geo.oh, geo.bw * geo.o, n)
+        b = None
+        if bias is not None:  # (L, O) -> (G, oh, bw*O, 1), zero-padded to whole blocks
+            b = F.pad(bias.to(dt).view(geo.oh, geo.ow, geo.o),
+                      (0, 0, 0, geo.groups * geo.bw - geo.ow))
+            b = b.view(geo.oh, geo.groups, geo.bw * geo.o, 1).transpose(0, 1)
+        with torch.autocast(x.device.type, enabled=False):
+            for g in range(geo.groups):  # one matmul per block: bmm would copy the windows
+                band = geo.band(cols, g)
+                for i in range(geo.oh):
+                    if b is None:
+                        torch.mm(blocks[g, i], band[i], out=out[g, i])
+                    else:
+                        torch.addmm(b[g, i], blocks[g, i], band[i], out=out[g, i])
+        ctx.save_for_backward(cols, blocks)
+        ctx.geo, ctx.dtypes, ctx.has_bias = geo, (x.dtype, weight.dtype), bias is not None
+        out = out.view(geo.groups, geo.oh, geo.bw, geo.o, n).permute(4, 1, 0, 2, 3)
+        return out.reshape(n, geo.oh, geo.groups * geo.bw, geo.o)[:, :, : geo.ow] \
+            .reshape(n, geo.oh * geo.ow, geo.o)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: D102
+        cols, blocks = ctx.saved_tensors
+        geo: BandGeometry = ctx.geo
+        n, dt = cols.shape[2], cols.dtype
+        go = grad.to(dt).reshape(n, geo.oh, geo.ow, geo.o)
+        if geo.groups * geo.bw > geo.ow:
+            go = F.pad(go, (0, 0, 0, geo.groups * geo.bw - geo.ow))
+        go = go.view(n, geo.oh, geo.groups, geo.bw * geo.o).permute(2, 1, 3, 0).contiguous()
+        grad_w = grad_b = grad_x = None
+        with torch.autocast(cols.device.type, enabled=False):
+            if ctx.needs_input_grad[1]:
+                # (window x grad^T): the overlapping window view stays untransposed (a
+                # transposed one would be copied), the small output gradient is transposed
+                gw = blocks.new_empty(geo.groups, geo.oh, geo.fan, geo.bw * geo.o)
+                for g in range(geo.groups):
+                    band = geo.band(cols, g)
+                    for i in range(geo.oh):
+                        torch.mm(band[i], go[g, i].t(), out=gw[g, i])
+                # -> (oh, G, bw, C, k, k, O)
+                gw = geo.block_view(gw.transpose(2, 3)).permute(1, 0, 2, 4, 5, 6, 3)
+                gw = gw.reshape(geo.oh, geo.groups * geo.bw, -1, geo.o)[:, : geo.ow]
+                grad_w = gw.reshape(geo.oh * geo.ow, -1, geo.o).to(ctx.dtypes[1])
+            if ctx.has_bias and ctx.needs_input_grad[2]:
+                gb = go.to(torch.promote_types(dt, torch.float32)).sum(3)
+                gb = gb.view(geo.groups, geo.oh, geo.bw, geo.o)
+                grad_b = gb.permute(1, 0, 2, 3).reshape(geo.oh, -1, geo.o)[:, : geo.ow]
+                grad_b = grad_b.reshape(-1, geo.o).to(ctx.dtypes[1])
+            if ctx.needs_input_grad[0]:
+                grad_x = _band_input_grad(go, blocks, geo).to(ctx.dtypes[0])
+        return grad_x, grad_w, grad_b, None
+
+
+def _band_input_grad(go: torch.Tensor, blocks: torch.Tensor, geo: BandGeometry
+                     ) -> torch.Tensor:
+    """d loss / d input (N, H, W, C) from the blocks' output gradients (G, oh, bw*O, N),
+    overlapping windows summed in float32."""
+    hp, wp = geo.padded
+    n, row = go.shape[3], geo.span * geo.c
+    xp = go.new_zeros(hp, wp, geo.c, n, dtype=torch.promote_types(go.dtype, torch.float32))
+    step = geo.bw * geo.s
+    for g in range(geo.groups):
+        windows = torch.bmm(blocks[g].transpose(1, 2), go[g]).view(geo.oh, geo.k, row, n)
+        acc = xp.new_zeros(hp, row, n)
+        for di in range(geo.k):
+            acc[di : di + (geo.oh - 1) * geo.s + 1 : geo.s] += windows[:, di]
+        xp[:, g * step : g * step + geo.span] += acc.view(hp, geo.span, geo.c, n)
+    return xp[geo.p : geo.p + geo.h, geo.p : geo.p + geo.w].permute(3, 0, 1, 2)
+
+
 class LocallyConnected2d(nn.Module):
     """Channels-last (N, H, W, C) or flat (N, H*W*C) -> activation of (N, oh, ow, O), one
     filter bank per output position; `in_shape` is given as (C, H, W).
 
     init="fan_out" draws weights from N(0, 1/O) like `Dense`; "default" is uniform in
-    +-1/sqrt(fan_in), PyTorch's convolution default."""
+    +-1/sqrt(fan_in), PyTorch's convolution default. impl="gather" or "band" (module docstring);
+    `band_width` output columns per block for "band". Same parameters either way."""
 
     def __init__(self, in_shape: tuple[int, int, int], out_channels: int, kernel: int,
-                 stride: int = 1, padding: int = 0, act: str = "relu", init: str = "default"
-                 ) -> None:
+                 stride: int = 1, padding: int = 0, act: str = "relu", init: str = "default",
+                 impl: str = "gather", band_width: int = 8) -> None:
         super().__init__()
         c, h, w = in_shape
         self.in_shape = (c, h, w)
@@ -47,6 +221,9 @@ class LocallyConnected2d(nn.Module):
         self.out_hw = (out_size(h, kernel, stride, padding), out_size(w, kernel, stride, padding))
         if min(self.out_hw) < 1:
             raise ValueError(f"kernel {kernel} with stride {stride} does not fit {in_shape}")
+        if impl not in ("gather", "band") or band_width < 1:
+            raise ValueError(f"unknown impl {impl!r} or band_width {band_width} < 1")
+        self.impl, self.band_width = impl, band_width
         positions, fan_in = self.out_hw[0] * self.out_hw[1], c * kernel * kernel
         self.weight = nn.Parameter(torch.empty(positions, fan_in, out_channels))
         self.bias = nn.Parameter(torch.zeros(positions, out_channels))
@@ -59,31 +236,70 @@ class LocallyConnected2d(nn.Module):
         else:
             raise ValueError(f"unknown init {init!r}")
         self.act = ACTIVATIONS[act]
-        # Which flat (H, W, C) input element each patch entry reads; with padding, indices
-        # are shifted by one and 0 reads a zero column put in front of the input.
+        self.register_buffer("index", self._gather_index(c), persistent=False)  # L, Ckk
+        self._index: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+    def _gather_index(self, c: int) -> torch.Tensor:
+        """Which flat (H, W, c) input element each patch entry reads; with padding, indices
+        are shifted by one and 0 reads a zero column put in front of the input."""
+        _, h, w = self.in_shape
         where = torch.arange(1, c * h * w + 1, dtype=torch.float64).view(1, h, w, c)
-        where = F.unfold(where.permute(0, 3, 1, 2), kernel, padding=padding, stride=stride)
-        index = where[0].t().round().long() - (0 if padding else 1)
-        self.register_buffer("index", index.contiguous(), persistent=False)  # L, Ckk
+        where = F.unfold(where.permute(0, 3, 1, 2), self.kernel, padding=self.padding,
+                         stride=self.stride)
+        return (where[0].t().round().long() - (0 if self.padding else 1)).contiguous()
 
     @property
     def out_shape(self) -> tuple[int, int, int]:
         """(oh, ow, O) of one example's output."""
         return (*self.out_hw, self.weight.shape[2])
 
-    def linear(self, x: torch.Tensor) -> torch.Tensor:
-        """The pre-activation (N, L, O), without the activation."""
-        n = x.shape[0]
+    def geometry(self, c: int) -> BandGeometry:
+        """The banded implementation's layout for an input of `c` channels."""
+        _, h, w = self.in_shape
+        return BandGeometry(c, h, w, self.kernel, self.stride, self.padding, *self.out_hw,
+                            self.weight.shape[2], min(self.band_width, self.out_hw[1]))
+
+    def _gather(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+                ) -> torch.Tensor:
+        """The gather implementation of `partial` / `linear`."""
+        n, c = x.shape[0], weight.shape[1] // self.kernel**2
         x = x.reshape(n, -1)
         if self.padding:  # column 0 becomes the zero that padded entries read
             x = F.pad(x, (1, 0))
-        idx = self.index
+        if c == self.in_shape[0]:
+            idx = self.index
+        else:
+            key = (c, x.device)
+            if key not in self._index:
+                self._index[key] = self._gather_index(c).to(x.device)
+            idx = self._index[key]
         positions, k = idx.shape
         # Gather from the transposed input: each patch entry copies one contiguous row of N
         # values (several times faster on a CPU than gathering scattered single elements).
         patches = x.t().contiguous().index_select(0, idx.reshape(-1)).view(positions, k, n)
-        out = torch.baddbmm(self.bias[:, :, None], self.weight.transpose(1, 2), patches)
+        wt = weight.transpose(1, 2)
+        out = torch.bmm(wt, patches) if bias is None else \
+            torch.baddbmm(bias[:, :, None], wt, patches)
         return out.permute(2, 0, 1)                                               # N, L, O
+
+    def partial(self, x: torch.Tensor, first: int, last: int) -> torch.Tensor:
+        """(N, L, O) contribution of input channels first..last-1 (x holds only those), no
+        bias: the layer's pre-activation is the sum of the parts plus the bias."""
+        weight = self.weight[:, first * self.kernel**2 : last * self.kernel**2]
+        return self._linear(x, weight, None, last - first)
+
+    def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                c: int) -> torch.Tensor:
+        """Pre-activation of a c-channel input with `weight` (and `bias`, if given)."""
+        if self.impl == "gather":
+            return self._gather(x, weight, bias)
+        _, h, w = self.in_shape
+        return _BandLocal.apply(x.reshape(x.shape[0], h, w, c), weight, bias,
+                                self.geometry(c))
+
+    def linear(self, x: torch.Tensor) -> torch.Tensor:
+        """The pre-activation (N, L, O), without the activation."""
+        return self._linear(x, self.weight, self.bias, self.in_shape[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
@@ -101,12 +317,15 @@ class LocallyConnected2d(nn.Module):
 
 def local_stack(in_shape: tuple[int, int, int],
                 layers: tuple[tuple[int, int, int], ...] | list[tuple[int, int, int]],
-                act: str = "relu", init: str = "default", padding: int = 0) -> nn.ModuleList:
+                act: str = "relu", init: str = "default", padding: int = 0,
+                impl: str = "gather") -> nn.ModuleList:
     """Locally connected layers from (out_channels, kernel, stride) triples, each fed the shape
-    the one below produces; `padding` zeros around every layer's input."""
+    the one below produces; `padding` zeros around every layer's input; `impl` as in
+    `LocallyConnected2d`."""
     out, shape = [], in_shape
     for channels, kernel, stride in layers:
-        layer = LocallyConnected2d(shape, channels, kernel, stride, padding, act=act, init=init)
+        layer = LocallyConnected2d(shape, channels, kernel, stride, padding, act=act, init=init,
+                                   impl=impl)
         out.append(layer)
         oh, ow, o = layer.out_shape
         shape = (o, oh, ow)

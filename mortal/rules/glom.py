@@ -20,6 +20,7 @@ ground-truth ids.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -34,7 +35,7 @@ from tqdm import tqdm
 from mortal import distributed
 from mortal.arch.glom import Glom, update
 from mortal.config import ConfigError
-from mortal.loop import autocast, lr_factor, make_optimizer, set_lr
+from mortal.loop import DTYPES, autocast, lr_factor, make_optimizer, set_lr
 from mortal.runs import Run, check_finite
 
 MODES = ("local", "paper", "supervised")
@@ -66,7 +67,8 @@ class GlomRule:
 
 def info_nce(pred: torch.Tensor, target: torch.Tensor, tau: float,
              far: torch.Tensor | None = None, offset: int = 0,
-             weight: torch.Tensor | None = None, other_images: bool = True) -> torch.Tensor:
+             weight: torch.Tensor | None = None, other_images: bool = True,
+             dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Per-level InfoNCE of predictions (b, L, N, D) against targets (B, L, N, D): for column n
     of image i, the positive is target[offset + i, :, n] and the negatives the same column of
     the other images, plus (with `far`, (L, N, N) bool) the same image's columns m with
@@ -74,25 +76,33 @@ def info_nce(pred: torch.Tensor, target: torch.Tensor, tau: float,
     than the predictions (the global batch under data parallel, this process's images starting
     at `offset`). Returns (L,) losses averaged over the predictions' images and columns, or
     with `weight` ((b, N), summing to one over this process's share) their weighted sums.
-    With `other_images` False the negatives are only the far columns of the same image."""
-    p = F.normalize(pred.float(), dim=-1)
-    t = F.normalize(target.float(), dim=-1)
+    With `other_images` False the negatives are only the far columns of the same image.
+    `dtype` is the similarity matmuls' input type (bfloat16: half the memory traffic and the
+    bf16 units; they accumulate in fp32 and the softmax is fp32 either way)."""
+    p = (F.normalize(pred.float(), dim=-1) / tau).to(dtype)  # 1/tau on the small tensor
+    t = F.normalize(target.float(), dim=-1).to(dtype)
     b = len(p)
     own = t[offset : offset + b]  # this process's images' targets
-    if other_images:
-        logits = torch.einsum("blnd,clnd->blnc", p, t) / tau  # (b, L, N, B): other images
-        first = offset  # the positive's index
-    else:
-        if far is None:
-            raise ValueError("InfoNCE without other images needs far negatives")
-        logits = (p * own).sum(-1, keepdim=True) / tau  # (b, L, N, 1): the positive alone
-        first = 0
-    _, n_levels, n_cols, _ = logits.shape
+    n_levels, n_cols = p.shape[1], p.shape[2]
+    if far is None and not other_images:
+        raise ValueError("InfoNCE without other images needs far negatives")
     if far is not None:
-        inside = torch.einsum("blnd,blmd->blnm", p, own) / tau  # (b, L, N, N): same image
-        logits = torch.cat([logits, inside.masked_fill(~far, float("-inf"))], -1)
-    labels = torch.arange(b, device=pred.device).view(b, 1, 1).expand(b, n_levels, n_cols)
-    labels = labels + first if other_images else torch.zeros_like(labels)
+        # (b, L, N, N) same image, through one additive (L, N, N) bias: -inf inside the
+        # window; on the diagonal too when the positive comes from `logits` (other images),
+        # else the diagonal is the positive itself
+        keep = far if other_images else far | torch.eye(n_cols, dtype=torch.bool,
+                                                         device=far.device)
+        bias = torch.zeros(far.shape, device=far.device).masked_fill(~keep, -math.inf)
+        inside = torch.matmul(p, own.transpose(-1, -2)).float() + bias
+    if other_images:
+        logits = torch.einsum("blnd,clnd->blnc", p, t).float()  # (b, L, N, B): other images
+        labels = torch.arange(offset, offset + b, device=pred.device).view(b, 1, 1)
+        if far is not None:
+            logits = torch.cat([logits, inside], -1)
+    else:
+        logits = inside
+        labels = torch.arange(n_cols, device=pred.device).view(1, 1, n_cols)
+    labels = labels.expand(b, n_levels, n_cols)
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                          reduction="none").view(b, n_levels, n_cols)
     if weight is not None:
@@ -150,9 +160,10 @@ def local_losses(model: Glom, cols: torch.Tensor, e: torch.Tensor, dtype: str,
     tau, far = model_tau(model), far_mask(model) if model_far(model) else None
     att_all, off = global_batch(att)  # negatives from every process's images
     others = bool(getattr(model, "image_negatives", True))
-    return {"bu": info_nce(bu, att_all, tau, far, off, weight, others),
+    mm = DTYPES[dtype]  # the similarity matmuls in the run's dtype (fp32 softmax either way)
+    return {"bu": info_nce(bu, att_all, tau, far, off, weight, others, mm),
             "td": info_nce(td, att_all[:, :-1], tau, None if far is None else far[:-1], off,
-                           weight, others)}, bu, td, att
+                           weight, others, mm)}, bu, td, att
 
 
 def model_tau(model: Glom) -> float:
