@@ -141,6 +141,61 @@ def test_no_gradient_crosses_layers(peer):
     assert not torch.equal(_net((12, 8, 6)).layers[0].linear.weight, tall.layers[0].linear.weight)
 
 
+@pytest.mark.parametrize("loss,phase,peer,act", [
+    ("pairwise", "both", 0.03, "relu_st"), ("threshold", "both", 0.0, "relu"),
+    ("threshold", "pos", 0.03, "relu_st"), ("threshold", "neg", 0.03, "relu"),
+])
+def test_hand_gradient_equals_autograd(loss, phase, peer, act):
+    """For sum-of-squares goodness train_step computes d loss/d h by hand, in one pass, on
+    feature-major activities; a goodness that is the same function given as an opaque callable
+    goes through autograd on batch-major ones. Both must give the same updates (fp32)."""
+    torch.manual_seed(3)
+    xs = [(torch.rand(16, 20), torch.rand(16, 20)) for _ in range(3)]
+
+    def make(goodness):
+        torch.manual_seed(4)
+        rule = ff.FFRule(loss=loss, lr=0.05, dtype="float32", peer_weight=peer,
+                         optimizer="adam", temperature=2.0)
+        net = ff.FFNet(dense_stack(20, (12, 8), act, "fan_out"), rule)
+        if goodness is not None:
+            net.goodness, net.sign_of_sum_squares = goodness, None
+            net.feature_major = False
+        return net
+
+    fast, slow = make(None), make(lambda h: (h * h).sum(1))
+    assert fast.feature_major and fast.sign_of_sum_squares == 1.0
+    for pos, neg in xs:
+        sf, ss = fast.train_step(pos, neg, phase), slow.train_step(pos, neg, phase)
+        for a, b in zip(sf, ss, strict=True):
+            assert a["loss"].item() == pytest.approx(b["loss"].item(), rel=1e-5)
+    for a, b in zip(fast.parameters(), slow.parameters(), strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_feature_major_dense_equals_batch_major():
+    """A Dense layer given a transposed view computes W x^T and keeps the layout; values and
+    gradients equal the batch-major ones."""
+    from mortal.arch.dense import Dense, feature_major_view
+
+    torch.manual_seed(5)
+    layer = Dense(7, 5, "relu", "fan_out")
+    x = torch.randn(6, 7)
+    xt = x.t().contiguous().t()
+    assert feature_major_view(xt) and not feature_major_view(x)
+    outs, grads = [], []
+    for inp in (x, xt):
+        inp = inp.clone().requires_grad_()
+        layer.zero_grad()
+        h = layer(inp)
+        outs.append((h, feature_major_view(h)))
+        (h * torch.arange(30.0).view(6, 5)).sum().backward()
+        grads.append((inp.grad, layer.linear.weight.grad.clone(), layer.linear.bias.grad.clone()))
+    assert outs[1][1] and not outs[0][1]
+    assert torch.allclose(outs[0][0], outs[1][0], atol=1e-6)
+    for a, b in zip(*grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
 def test_bf16_matches_fp32_on_small_net():
     torch.manual_seed(2)
     x = torch.rand(64, 20)

@@ -40,6 +40,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mortal import distributed
+from mortal.arch.dense import feature_major_view
 from mortal.data.negatives import (
     embed_label,
     embed_neutral,
@@ -48,15 +49,36 @@ from mortal.data.negatives import (
     other_indices,
     wrong_labels,
 )
-from mortal.loop import autocast, epoch_order, lr_factor, make_optimizer, set_lr
+from mortal.loop import (
+    autocast,
+    epoch_order,
+    lr_factor,
+    make_optimizer,
+    set_lr,
+)
 from mortal.runs import Run, check_finite
 
 # --- goodness ------------------------------------------------------------------------------
 
 
+class _SumSquares(torch.autograd.Function):
+    """Per-example sum of squares, one pass each way: accumulated in fp32, gradient 2 h g' in
+    h's own dtype and layout."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        ctx.save_for_backward(h)
+        return row_sum_squares(h)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        (h,) = ctx.saved_tensors
+        return h * (2.0 * grad).to(h.dtype).view(-1, *[1] * (h.dim() - 1))
+
+
 def sum_squares(h: torch.Tensor) -> torch.Tensor:
     """Goodness that positive data should make high: the sum of squared activities."""
-    return h.float().pow(2).flatten(1).sum(1)
+    return _SumSquares.apply(h)
 
 
 def neg_sum_squares(h: torch.Tensor) -> torch.Tensor:
@@ -72,12 +94,22 @@ GOODNESS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], float]] = {
 }
 
 
-def normalise(h: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+def row_sum_squares(h: torch.Tensor) -> torch.Tensor:
+    """(N,) fp32 sum of squares of each example's activity, one pass in h's memory layout."""
+    if feature_major_view(h):  # reduce along the stored rows
+        return h.t().to(torch.float32, copy=True).square_().sum(0)
+    return h.flatten(1).float().square().sum(1)
+
+
+def normalise(h: torch.Tensor, eps: float = 1e-8,
+              sum_squares: torch.Tensor | None = None) -> torch.Tensor:
     """Scale each example's activity vector to root-mean-square 1 (length sqrt(n)), so the
-    next layer sees only its direction: the goodness is hidden from it."""
+    next layer sees only its direction: the goodness is hidden from it. `sum_squares`: the
+    rows' sums of squares when already known."""
     flat = h.flatten(1)
-    rms = flat.float().pow(2).mean(1, keepdim=True).sqrt().add_(eps)
-    return (flat / rms).to(h.dtype).view_as(h)
+    ss = row_sum_squares(flat) if sum_squares is None else sum_squares
+    scale = 1.0 / ((ss / flat.shape[1]).sqrt() + eps)
+    return (flat * scale.to(h.dtype)[:, None]).view_as(h)  # h's dtype and memory layout
 
 
 def ff_loss(g_pos: torch.Tensor, g_neg: torch.Tensor, threshold: float,
@@ -134,6 +166,9 @@ class FFNet(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.rule = rule
         self.goodness, self.sign = GOODNESS[rule.goodness]
+        # +1 / -1 when the goodness is (minus) the sum of squares: train_step then computes
+        # its gradient by hand in one pass (same values as autograd, less memory traffic)
+        self.sign_of_sum_squares = {sum_squares: 1.0, neg_sum_squares: -1.0}.get(self.goodness)
         self.optimizers = [
             make_optimizer(rule.optimizer, layer.parameters(), rule.lr, rule.weight_decay,
                            rule.momentum)
@@ -145,6 +180,15 @@ class FFNet(nn.Module):
         # or this process's block of layers in a pipeline. None: one process trains them all.
         self.grads: distributed.GradAverager | None = None
         self.pipe: distributed.Pipe | None = None
+        # Layers that say so get their activities feature-major (transposed views of (D, N)
+        # tensors), the layout in which their matmuls run fastest; the rule only transposes the
+        # input batch once.
+        self.feature_major = all(getattr(layer, "feature_major", False) for layer in self.layers)
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        """The normalised input batch, feature-major when the layers want it."""
+        x = normalise(x)
+        return x.t().contiguous().t() if self.feature_major else x
 
     def owned(self) -> range:
         """The layers this process trains: all of them, or its pipeline stage's block."""
@@ -164,6 +208,30 @@ class FFNet(nn.Module):
         """Set the learning rate of every layer's optimiser."""
         for opt in self.optimizers:
             set_lr(opt, lr)
+
+    def _objective(self, g: torch.Tensor, pm: torch.Tensor | None, h: torch.Tensor, n: int,
+                   phase: str, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer i's FF loss from its goodness g (N,), and the loss plus the peer term from the
+        positive examples' mean activity per unit pm (None: no peer normalisation)."""
+        theta = self.threshold(h)
+        t = self.rule.temperature
+        if phase == "pos":
+            loss = F.softplus(-(g - theta) / t).mean()
+        elif phase == "neg":
+            loss = F.softplus((g - theta) / t).mean()
+        elif self.rule.loss == "pairwise":
+            loss = pairwise_loss(g[:n], g[n:], t)
+        else:
+            loss = ff_loss(g[:n], g[n:], theta, t)
+        if pm is None:
+            return loss, loss
+        if self.grads is not None:  # the mean of the global batch, as one process has it
+            pm = self.grads.mean(pm)
+        prev = self.peer_means[i]
+        if prev is None:
+            prev = torch.full_like(pm, pm.mean().item())
+        peer, self.peer_means[i] = peer_loss(prev, pm, self.rule.peer_momentum)
+        return loss, loss + self.rule.peer_weight * peer
 
     def train_step(self, x_pos: torch.Tensor | None, x_neg: torch.Tensor | None,
                    phase: str = "both") -> list[dict[str, torch.Tensor]]:
@@ -193,7 +261,7 @@ class FFNet(nn.Module):
             inputs = {"both": lambda: torch.cat([x_pos, x_neg]), "pos": lambda: x_pos,
                       "neg": lambda: x_neg}[phase]()
             n = len(x_pos) if phase == "both" else 0
-            x = normalise(inputs)
+            x = self._input(inputs)
         stats = []
         reducing = None  # (layer, all-reduce handles) of the layer whose gradients are in flight
         for i in self.owned():
@@ -201,30 +269,36 @@ class FFNet(nn.Module):
             x = x.detach()  # no gradient crosses a layer boundary
             with autocast(x.device, self.rule.dtype):
                 h = layer(x)
-            g = self.goodness(h)
-            theta = self.threshold(h)
-            t = self.rule.temperature
-            if phase == "pos":
-                loss = F.softplus(-(g - theta) / t).mean()
-            elif phase == "neg":
-                loss = F.softplus((g - theta) / t).mean()
-            elif self.rule.loss == "pairwise":
-                loss = pairwise_loss(g[:n], g[n:], t)
-            else:
-                loss = ff_loss(g[:n], g[n:], theta, t)
-            total = loss
-            if self.rule.peer_weight > 0 and phase != "neg":  # peer statistics: positive data
-                pos_h = h if phase == "pos" else h[:n]
-                batch_mean = pos_h.float().flatten(1).mean(0)
-                if self.grads is not None:  # the mean of the global batch, as one process has
-                    batch_mean = self.grads.mean(batch_mean)
-                prev = self.peer_means[i]
-                if prev is None:
-                    prev = torch.full_like(batch_mean, batch_mean.mean().item())
-                peer, self.peer_means[i] = peer_loss(prev, batch_mean, self.rule.peer_momentum)
-                total = loss + self.rule.peer_weight * peer
             opt.zero_grad(set_to_none=True)
-            total.backward()
+            if self.sign_of_sum_squares is not None:
+                # Sum-of-squares goodness: the loss is a function of two small summaries of h
+                # (its goodness per example, and the positive examples' mean activity per unit
+                # for peer normalisation). Their gradients come from autograd on the small
+                # tensors; d loss/d h = 2 sign dL/dg h (+ the peer term) is one pass over h.
+                with torch.no_grad():
+                    ss = row_sum_squares(h)
+                g = (self.sign_of_sum_squares * ss).requires_grad_()
+                pos_h = None if self.rule.peer_weight <= 0 or phase == "neg" else (
+                    h if phase == "pos" else h[:n])
+                pm = None if pos_h is None else \
+                    pos_h.detach().flatten(1).mean(0, dtype=torch.float32).requires_grad_()
+                loss, total = self._objective(g, pm, h, n, phase, i)
+                leaves = [g] if pm is None else [g, pm]
+                grads = torch.autograd.grad(total, leaves)
+                c = (2.0 * self.sign_of_sum_squares) * grads[0]
+                dh = h.detach() * c.to(h.dtype).view(-1, *[1] * (h.dim() - 1))
+                if pm is not None:  # the peer term reaches the positive examples' activities
+                    dh[: len(pos_h)] += (grads[1] / len(pos_h)).to(h.dtype).view(pos_h.shape[1:])
+                h.backward(dh)
+            else:  # any other goodness: autograd through it
+                g = self.goodness(h)
+                pos_h = None if self.rule.peer_weight <= 0 or phase == "neg" else (
+                    h if phase == "pos" else h[:n])
+                pm = None if pos_h is None else pos_h.flatten(1).mean(0, dtype=torch.float32)
+                loss, total = self._objective(g, pm, h, n, phase, i)
+                total.backward()
+                ss = None
+            theta = self.threshold(h)
             if self.grads is None:
                 self._update(i)
             else:  # start this layer's all-reduce; finish the previous layer's and step it
@@ -243,7 +317,7 @@ class FFNet(nn.Module):
                 else:
                     acc = 0.5 * ((g[:n] > theta).float().mean() + (g[n:] <= theta).float().mean())
                 stats.append({"loss": loss.detach(), "acc": acc})
-                x = normalise(h.detach())
+                x = normalise(h.detach(), sum_squares=ss)
         if reducing is not None:
             self.grads.finish(reducing[1])
             self._update(reducing[0])
@@ -255,7 +329,7 @@ class FFNet(nn.Module):
     def activities(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Each layer's (unnormalised) activity for input x, in inference mode."""
         out = []
-        x = normalise(x)
+        x = self._input(x)
         with autocast(x.device, self.rule.dtype):
             for layer in self.layers:
                 h = layer(x)
