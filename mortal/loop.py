@@ -56,16 +56,19 @@ def flat_float(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 def make_optimizer(
     name: str, params, lr: float, weight_decay: float = 0.0, momentum: float = 0.9
 ) -> torch.optim.Optimizer:
-    """'adam' or 'sgd' (with momentum), by name, so configs can choose.
+    """'adam', 'adamw' (decoupled weight decay) or 'sgd' (with momentum), by name, so configs
+    can choose.
 
     The fused kernels update each tensor in one pass over memory; on a CPU the default
     per-op implementation of Adam costs as much time as the matmuls of a 2000x2000 layer."""
     if name == "adam":
         cls, kw = torch.optim.Adam, {"lr": lr, "weight_decay": weight_decay}
+    elif name == "adamw":
+        cls, kw = torch.optim.AdamW, {"lr": lr, "weight_decay": weight_decay}
     elif name == "sgd":
         cls, kw = torch.optim.SGD, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
     else:
-        raise ValueError(f"unknown optimizer {name!r} (use adam or sgd)")
+        raise ValueError(f"unknown optimizer {name!r} (use adam, adamw or sgd)")
     params = list(params)
     try:
         return cls(params, fused=True, **kw)

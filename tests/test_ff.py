@@ -26,7 +26,7 @@ def test_goodness_hand_computed():
     assert ff.sum_squares(h).tolist() == [5.0, 9.0]
     assert ff.neg_sum_squares(h).tolist() == [-5.0, -9.0]
     # Works on any activity shape: goodness sums over everything but the batch dimension.
-    assert ff.sum_squares(torch.ones(2, 3, 4, 5)).tolist() == [60.0, 60.0]
+    assert ff.sum_squares(torch.ones(2, 3, 4, 5)).tolist() == pytest.approx([60.0, 60.0])
 
 
 def test_loss_hand_computed():
@@ -172,6 +172,21 @@ def test_hand_gradient_equals_autograd(loss, phase, peer, act):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_pair_dropout_shares_masks_and_keeps_the_mean():
+    """A positive and its paired negative lose the same units; kept units are scaled by
+    1/(1-p), so the mean is unchanged; the layout of the activities is kept."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.ones(4000, 50).t().contiguous().t()  # feature-major, as FFNet passes it
+    out = ff.pair_dropout(x.clone(), 2000, 0.25, g)
+    assert torch.equal(out[:2000] == 0, out[2000:] == 0)
+    assert out.unique().tolist() == pytest.approx([0.0, 4.0 / 3.0])
+    assert abs((out == 0).float().mean().item() - 0.25) < 0.01
+    assert abs(out.mean().item() - 1.0) < 0.02
+    assert out.stride() == x.stride()
+    a = ff.pair_dropout(torch.ones(6, 5), 0, 0.5, torch.Generator().manual_seed(1))
+    assert not torch.equal(a[:3] == 0, a[3:] == 0)  # no pairs: independent masks
+
+
 def test_feature_major_dense_equals_batch_major():
     """A Dense layer given a transposed view computes W x^T and keeps the layout; values and
     gradients equal the batch-major ones."""
@@ -297,3 +312,56 @@ def test_weight_average_is_a_moving_average_and_resumes_exactly(tmp_path):
     resumed, _ = run(tmp_path / "cut", 2, 0.9, resume=True)
     keep = ("test_error_goodness_pct", "test_error_softmax_pct")
     assert {k: resumed[k] for k in keep} == {k: whole[k] for k in keep}
+
+
+def test_online_softmax_step_is_cross_entropy_sgd():
+    """One step of the online softmax equals SGD on the batch's mean cross-entropy, computed by
+    autograd (torch's momentum buffer starts at the first gradient, so the first step is plain
+    SGD); the logits it returns are those before the step."""
+    torch.manual_seed(6)
+    feats = [torch.randn(8, 5), torch.randn(8, 3).t().contiguous().t()]
+    y = torch.randint(0, 4, (8,))
+    head = ff.OnlineSoftmax([5, 3], 4, lr=0.5, weight_decay=0.0)
+    with torch.no_grad():
+        for w in head.weights:
+            w.normal_()
+    ws = [w.detach().clone().requires_grad_() for w in head.weights]
+    b = head.bias.detach().clone().requires_grad_()
+    logits = b + sum(f @ w.t() for f, w in zip(feats, ws, strict=True))
+    torch.nn.functional.cross_entropy(logits, y).backward()
+    got = head.step(feats, y)
+    assert torch.allclose(got, logits.detach(), atol=1e-5)
+    for w, ref in zip(head.weights, ws, strict=True):
+        assert torch.allclose(w, ref - 0.5 * ref.grad, atol=1e-6)
+
+
+def test_online_hard_negatives_never_true_and_resume_exactly(tmp_path):
+    """hard_negatives_from=online: negatives are never the true label; a run stopped after one
+    epoch and resumed ends with the same weights and online softmax as an uninterrupted one."""
+    torch.manual_seed(0)
+    n = 256
+    y = torch.randint(0, 4, (n,))
+    x = torch.rand(n, 30) * 0.1
+    x[torch.arange(n), 10 + y] += 1.0
+    cfg = ff.FFTraining(epochs=2, batch_size=32, n_classes=4, hard_negatives_from="online",
+                        hard_negatives_mix=1.0, softmax_epochs=1, schedule="constant")
+
+    def net():
+        torch.manual_seed(1)
+        return ff.FFNet(dense_stack(30, (16, 16), "relu_st", "fan_out"),
+                        ff.FFRule(loss="pairwise", optimizer="adam", lr=1e-2, dtype="float32"))
+
+    head = ff.OnlineSoftmax([16], 4)
+    g = torch.Generator().manual_seed(0)
+    labels = ff.online_wrong_labels(net(), head, x, y, cfg, g, 1.0)
+    assert (labels != y).all()
+    whole = net()
+    ff.train(whole, x, y, x, y, cfg, Run(tmp_path / "a", "t", {}, quiet=True), progress=False)
+    first = net()
+    ff.train(first, x, y, x, y, ff.FFTraining(**{**cfg.__dict__, "epochs": 1}),
+             Run(tmp_path / "b", "t", {}, quiet=True), progress=False)
+    resumed = net()
+    ff.train(resumed, x, y, x, y, cfg, Run(tmp_path / "b", "t", {}, resume=True, quiet=True),
+             progress=False)
+    for a, b in zip(whole.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)

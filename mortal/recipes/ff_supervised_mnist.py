@@ -30,7 +30,7 @@ class Config:
     widths: tuple[int, ...] = (2000, 2000, 2000, 2000)
     epochs: int = 60
     batch_size: int = 250
-    optimizer: Literal["sgd", "adam"] = "adam"
+    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
     lr: float = 4e-4
     momentum: float = 0.9
     weight_decay: float = 3e-4
@@ -45,9 +45,12 @@ class Config:
     init: Literal["fan_out", "default"] = "fan_out"
     label_value: float = 1.0
     hard_negatives_every: int = 1
-    hard_negatives_from: Literal["softmax", "goodness"] = "softmax"
+    hard_negatives_from: Literal["online", "softmax", "goodness"] = "softmax"
+    online_softmax_lr: float = 0.1
     hard_negatives_mix: float = 1.0
     weight_average: float = 0.0  # EMA decay of the weights used to classify; 0: as trained
+    dropout: float = 0.0  # on the activity each layer passes up (pairs share masks)
+    input_dropout: float = 0.0  # on the image pixels, before the label goes in
     eval_every: int = 10
     softmax_epochs: int = 20
     softmax_lr: float = 1e-2
@@ -75,6 +78,8 @@ class Config:
         check(self.train_limit >= 0, "train_limit must be >= 0", p)
         check(0 <= self.hard_negatives_mix <= 1, "hard_negatives_mix must be in [0, 1]", p)
         check(self.hard_negatives_every >= 0, "hard_negatives_every must be >= 0", p)
+        check(0 <= self.dropout < 1 and 0 <= self.input_dropout < 1,
+              "dropout and input_dropout are rates in [0, 1)", p)
         return p
 
 
@@ -84,7 +89,8 @@ def rule(cfg: Config) -> ff.FFRule:
     return ff.FFRule(goodness=cfg.goodness, loss=cfg.loss, threshold=cfg.threshold,
                      temperature=cfg.temperature, peer_weight=cfg.peer_weight,
                      peer_momentum=cfg.peer_momentum, optimizer=cfg.optimizer, lr=cfg.lr,
-                     momentum=cfg.momentum, weight_decay=cfg.weight_decay, dtype=cfg.dtype)
+                     momentum=cfg.momentum, weight_decay=cfg.weight_decay, dtype=cfg.dtype,
+                     dropout=cfg.dropout)
 
 
 def build(cfg: Config, d_in: int) -> ff.FFNet:
@@ -98,10 +104,11 @@ def training(cfg: Config) -> ff.FFTraining:
                          label_value=cfg.label_value,
                          hard_negatives_every=cfg.hard_negatives_every,
                          hard_negatives_from=cfg.hard_negatives_from,
+                         online_softmax_lr=cfg.online_softmax_lr,
                          hard_negatives_mix=cfg.hard_negatives_mix,
                          eval_every=cfg.eval_every, softmax_epochs=cfg.softmax_epochs,
                          softmax_lr=cfg.softmax_lr, weight_average=cfg.weight_average,
-                         seed=cfg.seed)
+                         input_dropout=cfg.input_dropout, seed=cfg.seed)
 
 
 def train(cfg: Config, run) -> dict:

@@ -29,6 +29,7 @@ This file holds the whole rule:
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -98,7 +99,7 @@ def row_sum_squares(h: torch.Tensor) -> torch.Tensor:
     """(N,) fp32 sum of squares of each example's activity, one pass in h's memory layout."""
     if feature_major_view(h):  # reduce along the stored rows
         return h.t().to(torch.float32, copy=True).square_().sum(0)
-    return h.flatten(1).float().square().sum(1)
+    return torch.linalg.vector_norm(h.flatten(1), dim=1, dtype=torch.float32).square()
 
 
 def normalise(h: torch.Tensor, eps: float = 1e-8,
@@ -110,6 +111,21 @@ def normalise(h: torch.Tensor, eps: float = 1e-8,
     ss = row_sum_squares(flat) if sum_squares is None else sum_squares
     scale = 1.0 / ((ss / flat.shape[1]).sqrt() + eps)
     return (flat * scale.to(h.dtype)[:, None]).view_as(h)  # h's dtype and memory layout
+
+
+def pair_dropout(x: torch.Tensor, n: int, p: float,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Dropout of rate p on activities x (in place, x's layout kept); with n > 0 the rows n.. are
+    the negatives paired with rows ..n and get the same mask as their positive."""
+    shape = (n, *x.shape[1:]) if n else x.shape
+    keep = (torch.rand(shape, generator=generator) >= p).to(device=x.device, dtype=x.dtype)
+    keep = keep / (1.0 - p)
+    if n:
+        x[:n].mul_(keep)
+        x[n:].mul_(keep)
+    else:
+        x.mul_(keep)
+    return x
 
 
 def ff_loss(g_pos: torch.Tensor, g_neg: torch.Tensor, threshold: float,
@@ -156,6 +172,9 @@ class FFRule:
     momentum: float = 0.9
     weight_decay: float = 0.0
     dtype: str = "bfloat16"
+    # Dropout on the normalised activity each layer passes up (training only); a positive and
+    # its paired negative share the mask, so their goodness difference is not made noisier.
+    dropout: float = 0.0
 
 
 class FFNet(nn.Module):
@@ -234,7 +253,8 @@ class FFNet(nn.Module):
         return loss, loss + self.rule.peer_weight * peer
 
     def train_step(self, x_pos: torch.Tensor | None, x_neg: torch.Tensor | None,
-                   phase: str = "both") -> list[dict[str, torch.Tensor]]:
+                   phase: str = "both", generator: torch.Generator | None = None
+                   ) -> list[dict[str, torch.Tensor]]:
         """One FF update of every layer on a batch of positive and negative inputs.
 
         Positive and negative examples go through each layer together (one matmul); each
@@ -248,6 +268,7 @@ class FFNet(nn.Module):
         next layer sees: its input is the activity from before the update). With `pipe`, only
         the stage's layers are trained: later stages receive their input from the previous
         stage (x_pos and x_neg are then None) and all but the last send their output on.
+        `generator` draws the dropout masks (when `rule.dropout` > 0).
         Returns the stats of the layers trained here."""
         if phase not in ("both", "pos", "neg"):
             raise ValueError(f"phase must be both, pos or neg, not {phase!r}")
@@ -318,6 +339,8 @@ class FFNet(nn.Module):
                     acc = 0.5 * ((g[:n] > theta).float().mean() + (g[n:] <= theta).float().mean())
                 stats.append({"loss": loss.detach(), "acc": acc})
                 x = normalise(h.detach(), sum_squares=ss)
+                if self.rule.dropout > 0 and i + 1 < len(self.layers):
+                    x = pair_dropout(x, n if phase == "both" else 0, self.rule.dropout, generator)
         if reducing is not None:
             self.grads.finish(reducing[1])
             self._update(reducing[0])
@@ -326,10 +349,14 @@ class FFNet(nn.Module):
         return stats
 
     @torch.no_grad()
-    def activities(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Each layer's (unnormalised) activity for input x, in inference mode."""
+    def activities(self, x: torch.Tensor, feature_major: bool | None = None
+                   ) -> list[torch.Tensor]:
+        """Each layer's (unnormalised) activity for input x, in inference mode; feature-major
+        when the layers prefer it, unless `feature_major` says otherwise."""
         out = []
-        x = self._input(x)
+        x = normalise(x)
+        if self.feature_major if feature_major is None else feature_major:
+            x = x.t().contiguous().t()
         with autocast(x.device, self.rule.dtype):
             for layer in self.layers:
                 h = layer(x)
@@ -352,17 +379,32 @@ class FFNet(nn.Module):
         return scores
 
     @torch.no_grad()
+    def layer_features(self, x: torch.Tensor, skip: int = 1) -> list[torch.Tensor]:
+        """Normalised activities of layers[skip:] for input x, in the layers' preferred layout
+        (the per-minibatch input of the online softmax)."""
+        return [normalise(h) for h in self.activities(x)[skip:]]
+
+    @torch.no_grad()
     def features(self, x: torch.Tensor, n_classes: int = 10, skip: int = 1,
                  batch_size: int = 2000, neutral_label: bool = True) -> torch.Tensor:
         """Normalised activities of layers[skip:] for one pass (with a neutral label when the
-        net was trained with labels in its input): the input of the one-pass softmax
-        classifier (no gradient reaches the FF layers)."""
-        chunks = []
+        net was trained with labels in its input), one example per row: the input of the
+        one-pass softmax classifier (no gradient reaches the FF layers). Computed batch-major,
+        so rows are written without a transpose."""
+        out = None
         for i in range(0, len(x), batch_size):
             xb = x[i : i + batch_size]
-            acts = self.activities(embed_neutral(xb, n_classes) if neutral_label else xb)
-            chunks.append(torch.cat([normalise(h).flatten(1) for h in acts[skip:]], dim=1))
-        return torch.cat(chunks)
+            acts = self.activities(embed_neutral(xb, n_classes) if neutral_label else xb,
+                                   feature_major=False)[skip:]
+            if out is None:
+                width = sum(h[0].numel() for h in acts)
+                out = torch.empty(len(x), width, dtype=acts[0].dtype, device=x.device)
+            col = 0
+            for h in acts:
+                d = h[0].numel()
+                out[i : i + len(xb), col : col + d] = normalise(h).flatten(1)
+                col += d
+        return out
 
 
 # --- classifiers on top ------------------------------------------------------------------
@@ -400,8 +442,14 @@ def train_softmax(feats: torch.Tensor, y: torch.Tensor, n_classes: int = 10, epo
 
 
 @torch.no_grad()
-def softmax_logits(head: nn.Linear, feats: torch.Tensor, batch_size: int = 5000) -> torch.Tensor:
-    """(N, classes) logits of a trained head, in batches."""
+def softmax_logits(head: nn.Linear, feats: torch.Tensor, batch_size: int = 5000,
+                   exact: bool = True) -> torch.Tensor:
+    """(N, classes) fp32 logits of a trained head, in batches; `exact=False` multiplies in the
+    features' dtype (bf16: a tenth of the time, logits rounded to 8 bits: for sampling)."""
+    if not exact:
+        w, b = head.weight.to(feats.dtype), head.bias.float()
+        return torch.cat([torch.mm(feats[i : i + batch_size], w.t()).float() + b
+                          for i in range(0, len(feats), batch_size)])
     return torch.cat([head(feats[i : i + batch_size].float())
                       for i in range(0, len(feats), batch_size)])
 
@@ -424,9 +472,14 @@ class FFTraining:
     n_classes: int = 10
     label_value: float = 1.0
     hard_negatives_every: int = 0  # epochs between recomputing hard negatives; 0 = uniform
-    # Where hard negatives come from: "softmax" (one neutral-label pass and a linear softmax on
-    # it, cheap) or "goodness" (one pass per label, as the paper classifies; 10x the cost).
+    # Where hard negatives come from: "online" (as Hinton's FF code: every minibatch, one
+    # neutral-label pass and a linear softmax trained on it as training goes; the labels it
+    # finds likely, now), "softmax" (a table for the whole training set, refreshed every
+    # `hard_negatives_every` epochs by a neutral-label pass and a softmax fitted from scratch)
+    # or "goodness" (the same table from one pass per label, as the paper classifies).
     hard_negatives_from: str = "softmax"
+    online_softmax_lr: float = 0.1  # the online softmax: SGD, gradients smoothed by 0.9
+    online_softmax_weight_decay: float = 0.003
     hard_negatives_mix: float = 0.5  # fraction of examples that get a hard (not uniform) label
     eval_every: int = 10  # epochs between test evaluations of mode (a) (and the final one)
     softmax_epochs: int = 20
@@ -443,6 +496,9 @@ class FFTraining:
     # Evaluate (and classify with) an exponential moving average of the layers' weights, with
     # this decay per step; 0 evaluates the weights as trained.
     weight_average: float = 0.0
+    # Dropout on the image pixels (not the label) before the label goes in: positive and
+    # negative copies of an image share the mask.
+    input_dropout: float = 0.0
     seed: int = 0
 
     @property
@@ -461,8 +517,57 @@ def hard_negative_table(net: FFNet, x: torch.Tensor, y: torch.Tensor, cfg: FFTra
     else:
         feats = net.features(x, cfg.n_classes)
         head = train_softmax(feats, y, cfg.n_classes, epochs=2, lr=cfg.softmax_lr, seed=cfg.seed)
-        scores = softmax_logits(head, feats)
+        scores = softmax_logits(head, feats, exact=False)
     hard = hard_wrong_labels(scores, y, g)
+    uniform = wrong_labels(y, cfg.n_classes, g)
+    use_hard = torch.rand(len(y), generator=g).to(y.device) < cfg.hard_negatives_mix
+    return torch.where(use_hard, hard, uniform)
+
+
+class OnlineSoftmax(nn.Module):
+    """The label predictor of Hinton's FF code: a linear softmax on the normalised activities
+    of layers[skip:] for the image with a neutral label, one SGD step (gradient smoothed by
+    momentum 0.9) per minibatch beside the FF layers. Its predictions before the step pick the
+    minibatch's hard negative labels; no gradient reaches the FF layers."""
+
+    def __init__(self, widths: Sequence[int], n_classes: int = 10, lr: float = 0.1,
+                 weight_decay: float = 0.003) -> None:
+        super().__init__()
+        self.weights = nn.ParameterList(nn.Parameter(torch.zeros(n_classes, w)) for w in widths)
+        self.bias = nn.Parameter(torch.zeros(n_classes))
+        self.lr = lr
+        self.opt = torch.optim.SGD(self.parameters(), lr=lr, momentum=0.9, dampening=0.9,
+                                   weight_decay=weight_decay)
+
+    def step(self, feats: Sequence[torch.Tensor], y: torch.Tensor, lr_factor: float = 1.0
+             ) -> torch.Tensor:
+        """Logits (N, C) of the minibatch's features (N, D_l), then one update towards `y`."""
+        dt = feats[0].dtype
+        logits = self.bias.detach() + sum(
+            torch.mm(w.detach().to(dt), f.flatten(1).t()).float().t()
+            for w, f in zip(self.weights, feats, strict=True))
+        grad = torch.softmax(logits, 1)  # d cross-entropy / d logits, averaged over the batch
+        grad[torch.arange(len(y), device=y.device), y] -= 1.0
+        grad /= len(y)
+        gt = grad.t().to(dt)
+        for w, f in zip(self.weights, feats, strict=True):
+            w.grad = torch.mm(gt, f.flatten(1)).float()
+        self.bias.grad = grad.sum(0)
+        set_lr(self.opt, self.lr * lr_factor)
+        self.opt.step()
+        return logits
+
+
+def online_wrong_labels(net: FFNet, head: OnlineSoftmax, x: torch.Tensor, y: torch.Tensor,
+                        cfg: FFTraining, g: torch.Generator, lr_factor: float) -> torch.Tensor:
+    """Hard negative labels for the minibatch x: drawn from the online softmax's predictions
+    for x with a neutral label (true label excluded), for a `hard_negatives_mix` fraction;
+    uniform for the rest. The softmax then learns from the minibatch."""
+    feats = net.layer_features(embed_neutral(x, cfg.n_classes), cfg.softmax_skip)
+    logits = head.step(feats, y, lr_factor)
+    hard = hard_wrong_labels(logits, y, g)
+    if cfg.hard_negatives_mix >= 1:
+        return hard
     uniform = wrong_labels(y, cfg.n_classes, g)
     use_hard = torch.rand(len(y), generator=g).to(y.device) < cfg.hard_negatives_mix
     return torch.where(use_hard, hard, uniform)
@@ -470,17 +575,23 @@ def hard_negative_table(net: FFNet, x: torch.Tensor, y: torch.Tensor, cfg: FFTra
 
 def positive_negative(x_train: torch.Tensor, y_train: torch.Tensor, idx: torch.Tensor,
                       cfg: FFTraining, g: torch.Generator,
-                      y_neg_table: torch.Tensor | None = None
+                      y_neg_table: torch.Tensor | None = None,
+                      y_neg: torch.Tensor | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """The positive and negative batch for the examples `idx`. Supervised: the image with its
-    true label and with a wrong one (from the hard-negative table when there is one).
-    Unsupervised: the image itself, and a hybrid of two images."""
+    true label and with a wrong one (`y_neg`, else from the hard-negative table when there is
+    one, else uniform). Unsupervised: the image itself, and a hybrid of two images."""
     x = x_train[idx]
+    if cfg.input_dropout > 0:
+        keep = torch.rand(x.shape, generator=g).to(x.device) >= cfg.input_dropout
+        x = x * keep / (1.0 - cfg.input_dropout)
     if not cfg.supervised:
         other = x_train[other_indices(idx, len(x_train), g)]
         return x, hybrid_images(x, other, cfg.image_shape, cfg.blur_steps, g)
     y = y_train[idx]
-    y_neg = y_neg_table[idx] if y_neg_table is not None else wrong_labels(y, cfg.n_classes, g)
+    if y_neg is None:
+        y_neg = (y_neg_table[idx] if y_neg_table is not None
+                 else wrong_labels(y, cfg.n_classes, g))
     return (embed_label(x, y, cfg.n_classes, cfg.label_value),
             embed_label(x, y_neg, cfg.n_classes, cfg.label_value))
 
@@ -517,6 +628,15 @@ def averaged_weights(net: FFNet, avg: list[torch.Tensor] | None) -> Iterator[Non
             torch._foreach_copy_(params, live)
 
 
+def layer_width(layer: nn.Module) -> int:
+    """Units in a layer's activity (its output size for one example), by a probe."""
+    if hasattr(layer, "linear"):
+        return layer.linear.out_features
+    if hasattr(layer, "out_shape"):
+        return math.prod(layer.out_shape)
+    raise ValueError(f"cannot tell the width of {type(layer).__name__}; give it out_shape")
+
+
 def _scale_out(net: FFNet) -> None:
     """Under torch.distributed, make `net` a pipeline stage or a data-parallel replica."""
     net.pipe = net.grads = None
@@ -542,12 +662,23 @@ def train(net: FFNet, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torc
     owned = net.owned()
     start, state = run.resume_state()
     y_neg_table = None
+    online = None  # the online softmax that picks hard negatives every minibatch
+    if cfg.supervised and cfg.hard_negatives_from == "online":
+        if net.pipe is not None:
+            raise ValueError("hard_negatives_from=online needs every layer in one process "
+                             "(not --pipeline)")
+        widths = [layer_width(layer) for layer in net.layers[cfg.softmax_skip :]]
+        online = OnlineSoftmax(widths, cfg.n_classes, cfg.online_softmax_lr,
+                               cfg.online_softmax_weight_decay).to(x_train.device)
     if state is not None:
         net.load_state_dict(state["net"])
         for opt, s in zip(net.optimizers, state["optimizers"], strict=True):
             opt.load_state_dict(s)
         net.peer_means = [t if t.numel() else None for t in state["peer_means"]]
         y_neg_table = state.get("y_neg_table")
+        if online is not None:
+            online.load_state_dict(state["online_softmax"])
+            online.opt.load_state_dict(state["online_softmax_opt"])
     avg = None  # the moving average of the layers' weights, when asked for
     if cfg.weight_average:
         if net.pipe is not None:
@@ -556,7 +687,7 @@ def train(net: FFNet, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torc
                else [p.detach().clone() for p in net.layers.parameters()])
     for epoch in range(start, cfg.epochs):
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        if (cfg.supervised and cfg.hard_negatives_every and epoch > 0
+        if (cfg.supervised and cfg.hard_negatives_every and epoch > 0 and online is None
                 and epoch % cfg.hard_negatives_every == 0):
             with run.timed():
                 y_neg_table = _hard_negatives_everywhere(net, x_train, y_train, cfg, g)
@@ -568,19 +699,23 @@ def train(net: FFNet, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torc
             for i in bar:
                 step = epoch * steps_per_epoch + i
                 if cfg.schedule == "cooldown":
-                    net.set_lr(net.rule.lr * cooldown_factor(step / (cfg.epochs * steps_per_epoch)))
+                    factor = cooldown_factor(step / (cfg.epochs * steps_per_epoch))
                 else:
-                    net.set_lr(net.rule.lr * lr_factor(cfg.schedule, step,
-                                                       cfg.epochs * steps_per_epoch))
+                    factor = lr_factor(cfg.schedule, step, cfg.epochs * steps_per_epoch)
+                net.set_lr(net.rule.lr * factor)
                 idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-                x_pos = x_neg = None
+                x_pos = x_neg = y_neg = None
+                if online is not None:  # every process: the same labels, the same head
+                    y_neg = online_wrong_labels(net, online, x_train[idx], y_train[idx], cfg,
+                                                g, factor)
                 if first:
-                    x_pos, x_neg = positive_negative(x_train, y_train, idx, cfg, g, y_neg_table)
+                    x_pos, x_neg = positive_negative(x_train, y_train, idx, cfg, g, y_neg_table,
+                                                     y_neg)
                 if net.grads is not None:  # this process's slice of the global batch
                     x_pos, x_neg = distributed.shard(x_pos), distributed.shard(x_neg)
                 phase = ("both" if not cfg.sleep_block else
                          "pos" if (step // cfg.sleep_block) % 2 == 0 else "neg")
-                stats = net.train_step(x_pos, x_neg, phase)
+                stats = net.train_step(x_pos, x_neg, phase, generator=g)
                 if avg is not None:
                     with torch.no_grad():
                         torch._foreach_lerp_(avg, [p.detach() for p in net.layers.parameters()],
@@ -630,6 +765,8 @@ def train(net: FFNet, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torc
             "peer_means": [t if t is not None else torch.empty(0) for t in net.peer_means],
             **({"y_neg_table": y_neg_table} if y_neg_table is not None else {}),
             **({"avg": avg} if avg is not None else {}),
+            **({"online_softmax": online.state_dict(),
+                "online_softmax_opt": online.opt.state_dict()} if online is not None else {}),
         })
         if final is not None:
             return final
