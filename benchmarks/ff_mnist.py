@@ -4,7 +4,8 @@
 
 Everything is measured in this one run, interleaved: each round times a burst of bf16 (and fp32)
 matmuls at the training shapes (the peak: the best shape of the round), a burst of FF training
-steps and a burst of backprop training steps on the same layers. Shared machines drift, so the
+steps (the fused, compiled step a full run uses; and the unfused reference step) and a burst
+of backprop training steps on the same layers. Shared machines drift, so the
 fraction of peak is the median over rounds of (FF FLOP/s / that round's peak), and speeds are
 medians over rounds. Evaluation of both FF classification modes is timed on 10,000 images.
 
@@ -79,12 +80,18 @@ def main() -> None:
     x = torch.rand(b, 784)
     y = torch.randint(0, 10, (b,))
     net = recipe.build(cfg, 784)
+    net.fuse = "compiled"  # what a full run uses (fuse="auto" on runs of 1000+ steps)
+    eager = recipe.build(cfg, 784)
+    eager.fuse = "off"
     x_pos, x_neg = embed_label(x, y), embed_label(x, wrong_labels(y))
     mlp = MLP(784, cfg.widths, 10)
     opt = make_optimizer("adam", mlp.parameters(), 1e-3)
 
     def ff_step() -> None:
         net.train_step(x_pos, x_neg)
+
+    def ff_eager_step() -> None:
+        eager.train_step(x_pos, x_neg)
 
     def bp_step() -> None:
         with autocast(x.device, args.dtype):
@@ -93,18 +100,25 @@ def main() -> None:
         loss.backward()
         opt.step()
 
+    t0 = time.perf_counter()
+    ff_step()  # compiles the fused step
+    compile_s = time.perf_counter() - t0
     for _ in range(3):  # warm-up: allocator, oneDNN kernels
         ff_step()
+        ff_eager_step()
         bp_step()
     rounds: list[dict] = []
     for _ in range(args.rounds):
         bf16 = peak("bfloat16", shapes, 0.15)
         fp32 = peak("float32", shapes[:1], 0.15)
         ff_s = seconds_per_step(ff_step, args.steps)
+        eager_s = seconds_per_step(ff_eager_step, args.steps)
         bp_s = seconds_per_step(bp_step, args.steps)
         ff_gflops = ff_flops_per_example(dims) * b / ff_s / 1e9
         bp_gflops = bp_flops_per_example(dims) * b / bp_s / 1e9
         rounds.append({"bf16_peak": bf16, "fp32_peak": fp32, "ff_ex_s": b / ff_s,
+                       "ff_eager_ex_s": b / eager_s,
+                       "ff_eager_frac": ff_flops_per_example(dims) * b / eager_s / 1e9 / bf16,
                        "bp_ex_s": b / bp_s, "ff_gflops": ff_gflops, "bp_gflops": bp_gflops,
                        "ff_frac": ff_gflops / bf16, "bp_frac": bp_gflops / bf16,
                        "ff_over_bp": bp_s / ff_s})
@@ -124,6 +138,9 @@ def main() -> None:
         "ff_train_gflops": round(med("ff_gflops"), 1),
         "ff_fraction_of_bf16_peak": round(med("ff_frac"), 3),
         "ff_fraction_of_bf16_peak_per_round": [round(r["ff_frac"], 3) for r in rounds],
+        "ff_compile_seconds": round(compile_s, 1),
+        "ff_unfused_examples_per_s": round(med("ff_eager_ex_s"), 1),
+        "ff_unfused_fraction_of_bf16_peak": round(med("ff_eager_frac"), 3),
         "bp_train_examples_per_s": round(med("bp_ex_s"), 1),
         "bp_train_gflops": round(med("bp_gflops"), 1),
         "bp_fraction_of_bf16_peak": round(med("bp_frac"), 3),

@@ -365,3 +365,37 @@ def test_online_hard_negatives_never_true_and_resume_exactly(tmp_path):
              progress=False)
     for a, b in zip(whole.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("loss,phase,peer,act", [
+    ("pairwise", "both", 0.03, "relu_st"), ("threshold", "both", 0.03, "relu"),
+    ("threshold", "pos", 0.03, "relu_st"), ("threshold", "neg", 0.0, "relu"),
+])
+def test_fused_step_equals_reference(loss, phase, peer, act):
+    """The fused Dense step (ff_fused.py, run uncompiled) gives the reference train_step's
+    losses, weights and Adam state (fp32), so either path can resume the other's checkpoint."""
+    torch.manual_seed(7)
+    xs = [(torch.rand(16, 20), torch.rand(16, 20)) for _ in range(3)]
+
+    def make(fuse):
+        torch.manual_seed(8)
+        rule = ff.FFRule(loss=loss, lr=0.01, dtype="float32", peer_weight=peer, fuse=fuse,
+                         optimizer="adam", weight_decay=1e-3, temperature=2.0)
+        return ff.FFNet(dense_stack(20, (12, 8), act, "fan_out"), rule)
+
+    ref, fused = make("off"), make("eager")
+    for pos, neg in xs:
+        sr, sf = ref.train_step(pos, neg, phase), fused.train_step(pos, neg, phase)
+        for a, b in zip(sr, sf, strict=True):
+            assert a["loss"].item() == pytest.approx(b["loss"].item(), rel=1e-4)
+            assert a["acc"].item() == b["acc"].item()
+    for a, b in zip(ref.parameters(), fused.parameters(), strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+    for oa, ob in zip(ref.optimizers, fused.optimizers, strict=True):
+        sa, sb = oa.state_dict()["state"], ob.state_dict()["state"]
+        assert sa.keys() == sb.keys()
+        for k in sa:
+            assert sa[k]["step"].item() == sb[k]["step"].item()
+            assert torch.allclose(sa[k]["exp_avg"], sb[k]["exp_avg"], rtol=1e-3, atol=1e-6)
+            assert torch.allclose(sa[k]["exp_avg_sq"], sb[k]["exp_avg_sq"], rtol=1e-3,
+                                  atol=1e-9)

@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from mortal import distributed
 from mortal.arch.dense import feature_major_view
+from mortal.bench import gemm_gflops
 from mortal.data.negatives import (
     embed_label,
     embed_neutral,
@@ -51,12 +52,14 @@ from mortal.data.negatives import (
     wrong_labels,
 )
 from mortal.loop import (
+    DTYPES,
     autocast,
     epoch_order,
     lr_factor,
     make_optimizer,
     set_lr,
 )
+from mortal.rules import ff_fused
 from mortal.runs import Run, check_finite
 
 # --- goodness ------------------------------------------------------------------------------
@@ -102,6 +105,33 @@ def row_sum_squares(h: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(h.flatten(1), dim=1, dtype=torch.float32).square()
 
 
+def column_mean(h: torch.Tensor) -> torch.Tensor:
+    """(units,) fp32 mean activity of each unit over the examples (rows) of h; feature-major
+    activities as one matrix-vector product."""
+    if feature_major_view(h):
+        return torch.mv(h.t(), h.new_ones(len(h))).float() / len(h)
+    return h.flatten(1).mean(0, dtype=torch.float32)
+
+
+def scale_rows(h: torch.Tensor, c: torch.Tensor,
+               add: tuple[torch.Tensor, int] | None = None) -> torch.Tensor:
+    """c[i] * h[i] for every example i, in h's dtype and layout; with add = (v, n), v (units,)
+    is added to the first n examples as well (one pass either way)."""
+    c = c.to(h.dtype)
+    if add is None:
+        return h * c.view(-1, *[1] * (h.dim() - 1))
+    v, n = add[0].to(h.dtype), add[1]
+    if feature_major_view(h):  # work on the stored (units, N) matrix
+        ht = h.t()
+        out = torch.empty_like(ht)
+        torch.addcmul(v[:, None], ht[:, :n], c[None, :n], out=out[:, :n])
+        torch.mul(ht[:, n:], c[None, n:], out=out[:, n:])
+        return out.t()
+    out = h * c.view(-1, *[1] * (h.dim() - 1))
+    out[:n] += v.view(h.shape[1:])
+    return out
+
+
 def normalise(h: torch.Tensor, eps: float = 1e-8,
               sum_squares: torch.Tensor | None = None) -> torch.Tensor:
     """Scale each example's activity vector to root-mean-square 1 (length sqrt(n)), so the
@@ -113,13 +143,23 @@ def normalise(h: torch.Tensor, eps: float = 1e-8,
     return (flat * scale.to(h.dtype)[:, None]).view_as(h)  # h's dtype and memory layout
 
 
+def dropout_mask(shape: tuple[int, ...], p: float, g: torch.Generator | None = None
+                 ) -> torch.Tensor:
+    """A float mask of `shape`: 0 with probability p (to 1/256), else 1/(1-p). Drawn as random
+    bytes, eight per 64-bit draw: a tenth of the time of torch.rand on a CPU generator."""
+    n = math.prod(shape)
+    words = torch.randint(-(2**63), 2**63 - 1, (-(-n // 8),), dtype=torch.int64, generator=g)
+    cut = round(p * 256)
+    keep = words.view(torch.uint8)[:n].view(shape) >= cut
+    return keep.float().mul_(256 / (256 - cut))
+
+
 def pair_dropout(x: torch.Tensor, n: int, p: float,
                  generator: torch.Generator | None = None) -> torch.Tensor:
     """Dropout of rate p on activities x (in place, x's layout kept); with n > 0 the rows n.. are
     the negatives paired with rows ..n and get the same mask as their positive."""
     shape = (n, *x.shape[1:]) if n else x.shape
-    keep = (torch.rand(shape, generator=generator) >= p).to(device=x.device, dtype=x.dtype)
-    keep = keep / (1.0 - p)
+    keep = dropout_mask(tuple(shape), p, generator).to(device=x.device, dtype=x.dtype)
     if n:
         x[:n].mul_(keep)
         x[n:].mul_(keep)
@@ -175,6 +215,10 @@ class FFRule:
     # Dropout on the normalised activity each layer passes up (training only); a positive and
     # its paired negative share the mask, so their goodness difference is not made noisier.
     dropout: float = 0.0
+    # The fused step for Dense ReLU layers on a CPU (mortal/rules/ff_fused.py): "auto" compiles
+    # it with torch.compile for runs of FUSE_MIN_STEPS steps or more (compiling takes 10-30 s),
+    # "on" always, "eager" runs its maths uncompiled, "off" never.
+    fuse: str = "auto"
 
 
 class FFNet(nn.Module):
@@ -203,11 +247,18 @@ class FFNet(nn.Module):
         # tensors), the layout in which their matmuls run fastest; the rule only transposes the
         # input batch once.
         self.feature_major = all(getattr(layer, "feature_major", False) for layer in self.layers)
+        # "off", "eager" (the fused step's maths, not compiled) or "compiled"; `train` sets it
+        # from rule.fuse and the run's length.
+        self.fuse = {"on": "compiled", "auto": "off"}.get(rule.fuse, rule.fuse)
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
-        """The normalised input batch, feature-major when the layers want it."""
+        """The normalised input batch; feature-major (and already in the compute dtype: one
+        transposing copy) when the layers want it."""
         x = normalise(x)
-        return x.t().contiguous().t() if self.feature_major else x
+        if not self.feature_major:
+            return x
+        dt = DTYPES[self.rule.dtype]
+        return torch.empty((x.shape[1], x.shape[0]), dtype=dt, device=x.device).copy_(x.t()).t()
 
     def owned(self) -> range:
         """The layers this process trains: all of them, or its pipeline stage's block."""
@@ -227,6 +278,33 @@ class FFNet(nn.Module):
         """Set the learning rate of every layer's optimiser."""
         for opt in self.optimizers:
             set_lr(opt, lr)
+
+    @torch.no_grad()
+    def _stats(self, g: torch.Tensor, theta: float, loss: torch.Tensor, n: int, phase: str
+               ) -> dict[str, torch.Tensor]:
+        """A layer's loss and how often it tells positive from negative data."""
+        if phase == "pos":
+            acc = (g > theta).float().mean()
+        elif phase == "neg":
+            acc = (g <= theta).float().mean()
+        elif self.rule.loss == "pairwise":
+            acc = (g[:n] > g[n:]).float().mean()
+        else:
+            acc = 0.5 * ((g[:n] > theta).float().mean() + (g[n:] <= theta).float().mean())
+        return {"loss": loss.detach(), "acc": acc}
+
+    def _dropout(self, x: torch.Tensor, i: int, n: int, phase: str,
+                 generator: torch.Generator | None) -> torch.Tensor:
+        """Layer i's output as the next layer's input: with rule.dropout, pair-shared dropout."""
+        if self.rule.dropout > 0 and i + 1 < len(self.layers):
+            return pair_dropout(x, n if phase == "both" else 0, self.rule.dropout, generator)
+        return x
+
+    def _fusing(self, layer: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor) -> bool:
+        """Whether layer's step goes through ff_fused: asked for (`fuse`), one process,
+        sum-of-squares goodness, and a layer/optimiser/input the fused step supports."""
+        return (self.fuse != "off" and self.grads is None and self.pipe is None
+                and self.sign_of_sum_squares is not None and ff_fused.supports(layer, opt, x))
 
     def _objective(self, g: torch.Tensor, pm: torch.Tensor | None, h: torch.Tensor, n: int,
                    phase: str, i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -288,6 +366,13 @@ class FFNet(nn.Module):
         for i in self.owned():
             layer, opt = self.layers[i], self.optimizers[i]
             x = x.detach()  # no gradient crosses a layer boundary
+            if self._fusing(layer, opt, x):  # the same step in fewer passes (ff_fused.py)
+                h, g, loss, x_next = ff_fused.layer_step(self, i, x, n, phase,
+                                                         self.fuse == "compiled")
+                theta = self.threshold(h)
+                stats.append(self._stats(g, theta, loss, n, phase))
+                x = self._dropout(x_next, i, n, phase, generator)
+                continue
             with autocast(x.device, self.rule.dtype):
                 h = layer(x)
             opt.zero_grad(set_to_none=True)
@@ -301,16 +386,14 @@ class FFNet(nn.Module):
                 g = (self.sign_of_sum_squares * ss).requires_grad_()
                 pos_h = None if self.rule.peer_weight <= 0 or phase == "neg" else (
                     h if phase == "pos" else h[:n])
-                pm = None if pos_h is None else \
-                    pos_h.detach().flatten(1).mean(0, dtype=torch.float32).requires_grad_()
+                pm = None if pos_h is None else column_mean(pos_h.detach()).requires_grad_()
                 loss, total = self._objective(g, pm, h, n, phase, i)
                 leaves = [g] if pm is None else [g, pm]
                 grads = torch.autograd.grad(total, leaves)
                 c = (2.0 * self.sign_of_sum_squares) * grads[0]
-                dh = h.detach() * c.to(h.dtype).view(-1, *[1] * (h.dim() - 1))
-                if pm is not None:  # the peer term reaches the positive examples' activities
-                    dh[: len(pos_h)] += (grads[1] / len(pos_h)).to(h.dtype).view(pos_h.shape[1:])
-                h.backward(dh)
+                # the peer term reaches the positive examples' activities
+                peer = None if pm is None else (grads[1] / len(pos_h), len(pos_h))
+                h.backward(scale_rows(h.detach(), c, peer))
             else:  # any other goodness: autograd through it
                 g = self.goodness(h)
                 pos_h = None if self.rule.peer_weight <= 0 or phase == "neg" else (
@@ -328,19 +411,9 @@ class FFNet(nn.Module):
                     self.grads.finish(reducing[1])
                     self._update(reducing[0])
                 reducing = (i, handles)
+            stats.append(self._stats(g, theta, loss, n, phase))
             with torch.no_grad():
-                if phase == "pos":
-                    acc = (g > theta).float().mean()
-                elif phase == "neg":
-                    acc = (g <= theta).float().mean()
-                elif self.rule.loss == "pairwise":
-                    acc = (g[:n] > g[n:]).float().mean()
-                else:
-                    acc = 0.5 * ((g[:n] > theta).float().mean() + (g[n:] <= theta).float().mean())
-                stats.append({"loss": loss.detach(), "acc": acc})
-                x = normalise(h.detach(), sum_squares=ss)
-                if self.rule.dropout > 0 and i + 1 < len(self.layers):
-                    x = pair_dropout(x, n if phase == "both" else 0, self.rule.dropout, generator)
+                x = self._dropout(normalise(h.detach(), sum_squares=ss), i, n, phase, generator)
         if reducing is not None:
             self.grads.finish(reducing[1])
             self._update(reducing[0])
@@ -583,8 +656,7 @@ def positive_negative(x_train: torch.Tensor, y_train: torch.Tensor, idx: torch.T
     one, else uniform). Unsupervised: the image itself, and a hybrid of two images."""
     x = x_train[idx]
     if cfg.input_dropout > 0:
-        keep = torch.rand(x.shape, generator=g).to(x.device) >= cfg.input_dropout
-        x = x * keep / (1.0 - cfg.input_dropout)
+        x = x * dropout_mask(x.shape, cfg.input_dropout, g).to(x.device)
     if not cfg.supervised:
         other = x_train[other_indices(idx, len(x_train), g)]
         return x, hybrid_images(x, other, cfg.image_shape, cfg.blur_steps, g)
@@ -628,6 +700,9 @@ def averaged_weights(net: FFNet, avg: list[torch.Tensor] | None) -> Iterator[Non
             torch._foreach_copy_(params, live)
 
 
+FUSE_MIN_STEPS = 1000  # fuse="auto" compiles the fused step for runs at least this long
+
+
 def layer_width(layer: nn.Module) -> int:
     """Units in a layer's activity (its output size for one example), by a probe."""
     if hasattr(layer, "linear"):
@@ -635,6 +710,22 @@ def layer_width(layer: nn.Module) -> int:
     if hasattr(layer, "out_shape"):
         return math.prod(layer.out_shape)
     raise ValueError(f"cannot tell the width of {type(layer).__name__}; give it out_shape")
+
+
+def _warm_up(net: FFNet, x: torch.Tensor, y: torch.Tensor, cfg: FFTraining) -> float:
+    """Compile the fused step before the timed training starts: one step of a throw-away copy
+    of the net on a batch of the training shape (the real net and every random stream are
+    untouched). Returns the seconds it took."""
+    import copy
+    import time
+
+    t0 = time.perf_counter()
+    twin = copy.deepcopy(net)
+    g = torch.Generator().manual_seed(12345)
+    idx = torch.arange(cfg.batch_size, device=x.device) % len(x)
+    x_pos, x_neg = positive_negative(x, y, idx, cfg, g)
+    twin.train_step(x_pos, x_neg, generator=g)
+    return time.perf_counter() - t0
 
 
 def _scale_out(net: FFNet) -> None:
@@ -658,6 +749,9 @@ def train(net: FFNet, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torc
     n_layers = len(net.layers)
     steps_per_epoch = len(x_train) // cfg.batch_size
     _scale_out(net)
+    if net.rule.fuse == "auto":  # compiling pays off only on long runs
+        long = cfg.epochs * steps_per_epoch >= FUSE_MIN_STEPS
+        net.fuse = "compiled" if long and x_train.device.type == "cpu" else "off"
     first = net.pipe is None or net.pipe.first  # the stage that makes the input batches
     owned = net.owned()
     start, state = run.resume_state()
@@ -685,6 +779,8 @@ def train(net: FFNet, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torc
             raise ValueError("weight_average needs every layer in one process (not --pipeline)")
         avg = (state["avg"] if state is not None and "avg" in state
                else [p.detach().clone() for p in net.layers.parameters()])
+    compile_seconds = _warm_up(net, x_train, y_train, cfg) if net.fuse == "compiled" else 0.0
+    probes: list[float] = []  # bf16 matmul GFLOP/s measured at each evaluation
     for epoch in range(start, cfg.epochs):
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         if (cfg.supervised and cfg.hard_negatives_every and epoch > 0 and online is None
@@ -737,10 +833,17 @@ def train(net: FFNet, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torc
             row[f"loss_layer{j + 1}"] = float(means[j, 0])
             row[f"ff_acc_layer{j + 1}"] = float(means[j, 1])
         final = None
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            # how fast this machine's matrix unit is now: shared hosts vary by 2x in minutes
+            row["bf16_gemm_gflops"] = round(gemm_gflops(2000, 2000, 2000, "bfloat16", 0.3,
+                                                        x_train.device.type), 1)
+            probes.append(row["bf16_gemm_gflops"])
         with averaged_weights(net, avg):
             if epoch + 1 == cfg.epochs:  # the final evaluation, both modes, logged with the epoch
                 final = distributed.from_main(
                     lambda: evaluate(net, x_train, y_train, x_test, y_test, cfg))
+                final["compile_seconds"] = round(compile_seconds, 1)
+                final["bf16_gemm_gflops_during_run"] = sorted(probes)[len(probes) // 2]
                 if cfg.supervised:
                     row["test_error_pct"] = final["test_error_goodness_pct"]
                 row["test_error_softmax_pct"] = final["test_error_softmax_pct"]

@@ -1,0 +1,192 @@
+"""FF's step for a Dense ReLU layer in fewer memory passes: the same maths as `FFNet.train_step`
+(mortal/rules/ff.py, which is the reference and handles every other case), fused.
+
+On a CPU whose matrix unit (AMX) makes the matmuls cheap, what is left of an FF step is memory
+traffic: the bias and ReLU after the forward matmul, the goodness and peer statistics, the
+gradient d loss/d h, the next layer's normalised input, the fp32 gradient for the optimiser and
+the bf16 copy of the updated weight. Eagerly each is one or more passes over a 2000 x N
+activity or a 2000 x 2000 weight; here they are three functions, each one pass, which
+`torch.compile` turns into single loops:
+
+  forward   z = W x^T (matmul)         -> h = relu(z + b), goodness (sum of squares) per example,
+                                          the positive examples' mean activity per unit
+  backward  dh = 2 sign dL/dg h + peer  -> dh (bf16), bias gradient, normalised next input
+            dW = dh x (matmul)
+  update    Adam on the fp32 master weight from the bf16 gradient, writing the bf16 copy the
+            next forward uses; the state is torch.optim.Adam's own (exp_avg, exp_avg_sq, step),
+            so checkpoints are the same whichever path ran.
+
+Activities are feature-major: (units, N) matrices, positives in the first n columns.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+
+from mortal.arch.dense import Dense
+
+
+def post_forward(z: torch.Tensor, b: torch.Tensor, n: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """h = relu(z + b) for z (units, N); each example's sum of squares (N,) and each unit's mean
+    over the first n examples (units,), both fp32 (the mean is empty when n = 0)."""
+    h = torch.relu(z + b[:, None].to(z.dtype))
+    hf = h.float()
+    return h, (hf * hf).sum(0), hf[:, :n].mean(1)
+
+
+def pre_weight_grad(h: torch.Tensor, c: torch.Tensor, peer: torch.Tensor, n: int,
+                    scale: torch.Tensor, straight_through: bool
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dz = c * h (+ peer on the first n examples), masked by the ReLU's slope unless
+    straight-through; returns dz in h's dtype, the bias gradient dz.sum(1) (fp32) and the next
+    layer's input h * scale (normalised), all from one read of h."""
+    hf = h.float()
+    pos = (torch.arange(h.shape[1], device=h.device) < n).to(torch.float32)
+    dz = hf * c[None, :] + peer[:, None] * pos[None, :]
+    if not straight_through:
+        dz = torch.where(hf > 0, dz, torch.zeros_like(dz))
+    return dz.to(h.dtype), dz.sum(1), (hf * scale[None, :]).to(h.dtype)
+
+
+def adam_update(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
+                low: torch.Tensor, lr: torch.Tensor, step: torch.Tensor, beta1: float,
+                beta2: float, eps: float, weight_decay: float) -> None:
+    """torch.optim.Adam's update (L2 weight decay, bias-corrected) of fp32 p from a gradient g
+    in any dtype, in place, and p copied into `low` (the compute-dtype weight): one pass."""
+    gf = g.float() + weight_decay * p
+    m.lerp_(gf, 1 - beta1)
+    v.mul_(beta2).addcmul_(gf, gf, value=1 - beta2)
+    bc1 = 1 - beta1**step
+    bc2 = 1 - beta2**step
+    p.sub_((lr / bc1) * m / ((v / bc2).sqrt() + eps))
+    low.copy_(p)
+
+
+KERNELS: dict[str, Callable] = {"post": post_forward, "pre": pre_weight_grad,
+                                "adam": adam_update}
+_compiled: dict[str, Callable] = {}
+_failed = False
+
+
+def kernel(name: str, compiled: bool) -> Callable:
+    """The named kernel, compiled by torch.compile when asked and possible (a failure to
+    compile, e.g. no C++ compiler, warns once and falls back to the plain function)."""
+    if not compiled or _failed:
+        return KERNELS[name]
+    if name not in _compiled:
+        _compiled[name] = torch.compile(KERNELS[name], dynamic=False)
+    return _compiled[name]
+
+
+def call(name: str, compiled: bool, *args, **kwargs):
+    """Run a kernel; if its compiled form fails, fall back to plain PyTorch for the process."""
+    global _failed
+    try:
+        return kernel(name, compiled)(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001 - any compiler failure: same maths, eagerly
+        if not compiled or _failed:
+            raise
+        _failed = True
+        warnings.warn(f"torch.compile failed ({type(e).__name__}: {e}); FF runs its fused "
+                      "step without compiling", stacklevel=2)
+        return KERNELS[name](*args, **kwargs)
+
+
+def supports(layer: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor) -> bool:
+    """Whether the fused step applies: a plain Dense ReLU layer on a CPU, trained by Adam, its
+    input feature-major."""
+    from mortal.arch.dense import feature_major_view
+
+    return (type(layer) is Dense and layer.act_name in ("relu", "relu_st")
+            and type(opt) is torch.optim.Adam and not opt.param_groups[0]["amsgrad"]
+            and x.device.type == "cpu" and feature_major_view(x))
+
+
+class DenseState:
+    """Per-layer buffers of the fused step: the compute-dtype copy of the weight, kept up to
+    date by the update (made from the master weight when missing or stale)."""
+
+    def __init__(self) -> None:
+        self.low: torch.Tensor | None = None
+        self.key: tuple | None = None
+
+    def weight(self, w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        key = (w.data_ptr(), w._version, dtype)
+        if self.low is None or self.key != key or self.low.dtype != dtype:
+            self.low = w.detach().to(dtype)
+            self.key = key
+        return self.low
+
+    def updated(self, w: torch.Tensor) -> None:
+        """The update wrote `low` from w (fused Adam does not bump w's version counter)."""
+        self.key = (w.data_ptr(), w._version, self.low.dtype)
+
+
+def adam_state(opt: torch.optim.Adam, p: torch.Tensor) -> dict:
+    """torch.optim.Adam's state for p, created as Adam would on its first step."""
+    st = opt.state[p]
+    if not st:
+        st["step"] = torch.tensor(0.0)
+        st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    return st
+
+
+def adam_step(opt: torch.optim.Adam, p: torch.Tensor, g: torch.Tensor,
+              low: torch.Tensor | None, compiled: bool) -> None:
+    """One Adam step of parameter p (in opt's only param group) from gradient g; with `low`,
+    the fused kernel (which also refreshes that compute-dtype copy), else torch's own."""
+    group = opt.param_groups[0]
+    st = adam_state(opt, p)
+    st["step"] += 1
+    beta1, beta2 = group["betas"]
+    if low is None:  # small tensors (the bias): torch's fused kernel
+        torch._fused_adam_([p.data], [g.float()], [st["exp_avg"]], [st["exp_avg_sq"]], [],
+                           [st["step"]], lr=group["lr"], beta1=beta1, beta2=beta2,
+                           weight_decay=group["weight_decay"], eps=group["eps"],
+                           amsgrad=False, maximize=False)
+        return
+    call("adam", compiled, p.data, g, st["exp_avg"], st["exp_avg_sq"], low,
+         torch.tensor(float(group["lr"])), st["step"], beta1, beta2, group["eps"],
+         group["weight_decay"])
+
+
+def layer_step(net, i: int, x: torch.Tensor, n: int, phase: str, compiled: bool
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Layer i's whole FF step (forward, loss, gradient, Adam) on feature-major input x (N, D)
+    whose first n rows are positives. Returns (h, goodness, loss, next input), h and the next
+    input as feature-major (N, units) views."""
+    layer, opt = net.layers[i], net.optimizers[i]
+    w, b = layer.linear.weight, layer.linear.bias
+    dtype = x.dtype
+    states = net.__dict__.setdefault("_fused_states", {})
+    state = states.setdefault(i, DenseState())
+    xt = x.t()  # (D, N) storage
+    with torch.no_grad():
+        z = torch.mm(state.weight(w, dtype), xt)
+        peer_on = net.rule.peer_weight > 0 and phase != "neg"
+        n_pos = (x.shape[0] if phase == "pos" else n) if peer_on else 0
+        h, ss, pm = call("post", compiled, z, b.detach(), n_pos)
+    sign = net.sign_of_sum_squares
+    g = (sign * ss).requires_grad_()
+    pm = pm.requires_grad_() if peer_on else None
+    hv = h.t()  # the (N, units) view the rule's objective sees
+    loss, total = net._objective(g, pm, hv, n, phase, i)
+    grads = torch.autograd.grad(total, [g] if pm is None else [g, pm])
+    with torch.no_grad():
+        c = (2.0 * sign) * grads[0]
+        peer = grads[1] / n_pos if pm is not None else torch.zeros(h.shape[0])
+        scale = 1.0 / ((ss / h.shape[0]).sqrt() + 1e-8)
+        dz, gb, x_next = call("pre", compiled, h, c, peer, n_pos, scale,
+                              layer.act_name == "relu_st")
+        gw = torch.mm(dz, xt.t())
+        adam_step(opt, w, gw, state.low, compiled)
+        state.updated(w)
+        adam_step(opt, b, gb, None, compiled)
+        if hasattr(layer, "constrain_"):
+            layer.constrain_()
+    return hv, g, loss, x_next.t()
