@@ -19,7 +19,7 @@ from mortal import distributed
 from mortal.arch.dense import MLP, dense_stack
 from mortal.config import ConfigError
 from mortal.rules import backprop, ff
-from mortal.runs import Run, read_metrics
+from mortal.runs import Run, model_metrics, read_metrics
 
 from . import twoproc
 from .conftest import REPO, needs_mnist
@@ -122,21 +122,17 @@ def _worker(out: Path) -> None:
     twoproc.leave(out)
 
 
-def _without_seconds(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
-
-
 def test_data_parallel_and_pipeline_match_one_process(tmp_path):
     procs = twoproc.start("tests.test_distributed", tmp_path)
     ref_net = twoproc.one_thread(_train_ff, tmp_path / "ref")  # meanwhile, the reference
     twoproc.one_thread(_train_bp, tmp_path / "ref_bp")
     twoproc.join(procs, tmp_path)
-    ref = _without_seconds(read_metrics(tmp_path / "ref"))
+    ref = model_metrics(read_metrics(tmp_path / "ref"))
     assert len(ref) == 3 and "test_error_pct" in ref[1] and "test_error_softmax_pct" in ref[2]
     # The pipeline: every logged number equal, bit for bit, to the single process's.
-    assert _without_seconds(read_metrics(tmp_path / "pipe")) == ref
+    assert model_metrics(read_metrics(tmp_path / "pipe")) == ref
     # Data parallel: the same batches, gradients averaged: equal up to rounding order.
-    dp = _without_seconds(read_metrics(tmp_path / "dp"))
+    dp = model_metrics(read_metrics(tmp_path / "dp"))
     assert [sorted(r) for r in dp] == [sorted(r) for r in ref]
     for got, want in zip(dp, ref, strict=True):
         for k, v in want.items():
@@ -224,10 +220,10 @@ def test_killed_worker_stops_the_run_and_resume_reproduces_it(tmp_path, capsys):
     for args in (["--out", str(tmp_path / "copy"), "--resume"], ["--out", str(tmp_path / "whole")]):
         assert _run_cli(["run", "ff-supervised-mnist", *SMALL_FF, *epochs, *args]) == 0
     capsys.readouterr()
-    whole = _without_seconds(read_metrics(tmp_path / "whole"))
+    whole = model_metrics(read_metrics(tmp_path / "whole"))
     assert len(whole) == 6 and "test_error_pct" in whole[-1]
     for d in (out, tmp_path / "copy"):
-        assert _without_seconds(read_metrics(d)) == whole
+        assert model_metrics(read_metrics(d)) == whole
         res = json.loads((d / "results.json").read_text())
         assert res["test_error_pct"] == json.loads(
             (tmp_path / "whole" / "results.json").read_text())["test_error_pct"]

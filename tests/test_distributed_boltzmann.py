@@ -11,7 +11,7 @@ import torch
 
 from mortal import distributed
 from mortal.rules import boltzmann as bz
-from mortal.runs import Run, read_metrics
+from mortal.runs import Run, model_metrics, read_metrics
 
 from . import twoproc
 
@@ -81,8 +81,7 @@ def _worker(out: Path) -> None:
 
 
 def _rows(path: Path) -> list[dict]:
-    return [{k: v for k, v in row.items() if not k.endswith("seconds")}
-            for row in read_metrics(path)]
+    return model_metrics(read_metrics(path))
 
 
 def test_data_parallel_rbm_and_updown_match_one_process(tmp_path):

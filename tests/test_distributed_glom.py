@@ -16,7 +16,7 @@ import torch
 from mortal import distributed
 from mortal.arch.glom import Glom, GlomSpec
 from mortal.rules import glom as rule_mod
-from mortal.runs import Run, read_metrics
+from mortal.runs import Run, model_metrics, read_metrics
 
 from . import twoproc
 
@@ -87,18 +87,14 @@ def _worker(out: Path) -> None:
     twoproc.leave(out)  # leave the group together, mark done, skip the interpreter teardown
 
 
-def _without_seconds(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
-
-
 def test_glom_data_parallel_matches_one_process(tmp_path):
     procs = twoproc.start("tests.test_distributed_glom", tmp_path)
     # meanwhile, one process on the combined batches
     ref = twoproc.one_thread(_runs, tmp_path / "ref", False)
     twoproc.join(procs, tmp_path)
     for name in ("local", "local_ink", "paper"):
-        want = _without_seconds(read_metrics(tmp_path / "ref" / name))
-        got = _without_seconds(read_metrics(tmp_path / "dp" / name))
+        want = model_metrics(read_metrics(tmp_path / "ref" / name))
+        got = model_metrics(read_metrics(tmp_path / "dp" / name))
         assert len(want) == STEPS // LOG_EVERY
         assert ("loss_bu0" if name != "paper" else "loss_main") in want[0]
         assert [sorted(r) for r in got] == [sorted(r) for r in want], name

@@ -273,6 +273,18 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
 
+def is_timing(key: str) -> bool:
+    """Whether a metrics key measures the machine (wall time, matmul speed), not the model.
+
+    Same seed and config give the same metrics except these."""
+    return key.endswith("seconds") or key.endswith("gflops") or key.endswith("per_second")
+
+
+def model_metrics(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Metrics rows without the timing keys: what must repeat exactly under the same seed."""
+    return [{k: v for k, v in row.items() if not is_timing(k)} for row in rows]
+
+
 def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
