@@ -38,6 +38,11 @@ class Config(sup.Config):
     # The threshold loss learns slowly at the pairwise loss's 4e-4 (2x500 net, 20,000 images,
     # 3 epochs: 29.2 % goodness-mode error at 4e-4, 12.4 % at 2e-3).
     lr: float = 2e-3
+    # ff-supervised-mnist's settings before 2026-12-01, with which this study was measured
+    batch_size: int = 250
+    input_dropout: float = 0.0
+    softmax_lr: float = 1e-2
+    hard_negatives_every: int = 1
     k_values: tuple[int, ...] = (0, 1, 10, 100, 1000, -1)  # 0: both phases each step; -1: epoch
     negative_sources: tuple[str, ...] = ("uniform", "model")
 

@@ -28,6 +28,13 @@ class Config(sup.Config):
 
     epochs: int = 100
     blur_steps: int = 6
+    # ff-supervised-mnist's settings before 2026-12-01, with which this recipe's results were
+    # measured (its own defaults have changed since)
+    batch_size: int = 250
+    lr: float = 4e-4
+    temperature: float = 3.0
+    input_dropout: float = 0.0
+    softmax_lr: float = 1e-2
     softmax_skip: int = 1  # the softmax reads layers[1:]: the last three of four
     hard_negatives_every: int = 0  # hard negatives need labels; unused here
 

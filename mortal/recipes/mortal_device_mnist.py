@@ -41,6 +41,13 @@ class Config(sup.Config):
 
     widths: tuple[int, ...] = (1000, 1000, 1000)
     epochs: int = 20
+    # ff-supervised-mnist's settings before 2026-12-01, with which this recipe's results were
+    # measured (its own defaults have changed since)
+    batch_size: int = 250
+    lr: float = 4e-4
+    temperature: float = 3.0
+    input_dropout: float = 0.0
+    softmax_lr: float = 1e-2
     hard_negatives_every: int = 1
     strengths: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0)
     device_seed: int = 1000
