@@ -5,16 +5,16 @@ On a CPU whose matrix unit (AMX) makes the matmuls cheap, what is left of an FF 
 traffic: the bias and ReLU after the forward matmul, the goodness and peer statistics, the
 gradient d loss/d h, the next layer's normalised input, the fp32 gradient for the optimiser and
 the bf16 copy of the updated weight. Eagerly each is one or more passes over a 2000 x N
-activity or a 2000 x 2000 weight; here they are three functions, each one pass, which
+activity or a 2000 x 2000 weight; here the first two are functions of one pass each, which
 `torch.compile` turns into single loops:
 
   forward   z = W x^T (matmul)         -> h = relu(z + b), goodness (sum of squares) per example,
                                           the positive examples' mean activity per unit
   backward  dh = 2 sign dL/dg h + peer  -> dh (bf16), bias gradient, normalised next input
             dW = dh x (matmul)
-  update    Adam on the fp32 master weight from the bf16 gradient, writing the bf16 copy the
-            next forward uses; the state is torch.optim.Adam's own (exp_avg, exp_avg_sq, step),
-            so checkpoints are the same whichever path ran.
+  update    torch's fused Adam on the fp32 master weight, then the bf16 copy the next forward
+            uses; the state is torch.optim.Adam's own (exp_avg, exp_avg_sq, step), so
+            checkpoints are the same whichever path ran.
 
 Activities are feature-major: (units, N) matrices, positives in the first n columns.
 """
@@ -52,22 +52,7 @@ def pre_weight_grad(h: torch.Tensor, c: torch.Tensor, peer: torch.Tensor, n: int
     return dz.to(h.dtype), dz.sum(1), (hf * scale[None, :]).to(h.dtype)
 
 
-def adam_update(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
-                low: torch.Tensor, lr: torch.Tensor, step: torch.Tensor, beta1: float,
-                beta2: float, eps: float, weight_decay: float) -> None:
-    """torch.optim.Adam's update (L2 weight decay, bias-corrected) of fp32 p from a gradient g
-    in any dtype, in place, and p copied into `low` (the compute-dtype weight): one pass."""
-    gf = g.float() + weight_decay * p
-    m.lerp_(gf, 1 - beta1)
-    v.mul_(beta2).addcmul_(gf, gf, value=1 - beta2)
-    bc1 = 1 - beta1**step
-    bc2 = 1 - beta2**step
-    p.sub_((lr / bc1) * m / ((v / bc2).sqrt() + eps))
-    low.copy_(p)
-
-
-KERNELS: dict[str, Callable] = {"post": post_forward, "pre": pre_weight_grad,
-                                "adam": adam_update}
+KERNELS: dict[str, Callable] = {"post": post_forward, "pre": pre_weight_grad}
 _compiled: dict[str, Callable] = {}
 _failed = False
 
@@ -137,22 +122,20 @@ def adam_state(opt: torch.optim.Adam, p: torch.Tensor) -> dict:
 
 
 def adam_step(opt: torch.optim.Adam, p: torch.Tensor, g: torch.Tensor,
-              low: torch.Tensor | None, compiled: bool) -> None:
-    """One Adam step of parameter p (in opt's only param group) from gradient g; with `low`,
-    the fused kernel (which also refreshes that compute-dtype copy), else torch's own."""
+              low: torch.Tensor | None) -> None:
+    """One Adam step of parameter p (in opt's only param group) from gradient g by torch's fused
+    kernel (faster here than a compiled one: 3.8 against 5.4 ms for 2000 x 2000, copy included),
+    then p copied into `low`, the compute-dtype weight the next forward uses."""
     group = opt.param_groups[0]
     st = adam_state(opt, p)
-    st["step"] += 1
+    st["step"] += 1  # as torch.optim.Adam does before its fused kernel, which reads it
     beta1, beta2 = group["betas"]
-    if low is None:  # small tensors (the bias): torch's fused kernel
-        torch._fused_adam_([p.data], [g.float()], [st["exp_avg"]], [st["exp_avg_sq"]], [],
-                           [st["step"]], lr=group["lr"], beta1=beta1, beta2=beta2,
-                           weight_decay=group["weight_decay"], eps=group["eps"],
-                           amsgrad=False, maximize=False)
-        return
-    call("adam", compiled, p.data, g, st["exp_avg"], st["exp_avg_sq"], low,
-         torch.tensor(float(group["lr"])), st["step"], beta1, beta2, group["eps"],
-         group["weight_decay"])
+    torch._fused_adam_([p.data], [g.float()], [st["exp_avg"]], [st["exp_avg_sq"]], [],
+                       [st["step"]], lr=group["lr"], beta1=beta1, beta2=beta2,
+                       weight_decay=group["weight_decay"], eps=group["eps"],
+                       amsgrad=False, maximize=False)
+    if low is not None:
+        low.copy_(p.data)
 
 
 def layer_step(net, i: int, x: torch.Tensor, n: int, phase: str, compiled: bool
@@ -184,9 +167,9 @@ def layer_step(net, i: int, x: torch.Tensor, n: int, phase: str, compiled: bool
         dz, gb, x_next = call("pre", compiled, h, c, peer, n_pos, scale,
                               layer.act_name == "relu_st")
         gw = torch.mm(dz, xt.t())
-        adam_step(opt, w, gw, state.low, compiled)
+        adam_step(opt, w, gw, state.low)
         state.updated(w)
-        adam_step(opt, b, gb, None, compiled)
+        adam_step(opt, b, gb, None)
         if hasattr(layer, "constrain_"):
             layer.constrain_()
     return hv, g, loss, x_next.t()
