@@ -45,6 +45,33 @@ def test_locally_connected_equals_masked_dense(shape, k, s, pad):
     assert x.grad is not None and layer.weight.grad is not None
 
 
+@pytest.mark.parametrize("shape,k,s,pad,bw", [((1, 7, 7), 3, 2, 0, 2), ((2, 6, 5), 2, 1, 0, 8),
+                                              ((3, 9, 9), 5, 1, 2, 3), ((6, 12, 12), 5, 1, 2, 12),
+                                              ((2, 8, 8), 4, 2, 1, 3)])
+def test_band_implementation_equals_gather(shape, k, s, pad, bw):
+    """impl='band' (dense blocks on overlapping windows, zeros outside the fields) gives the
+    gather implementation's output and gradients (input, weight, bias), also for a channel
+    subset through `partial`; blocks that overhang the map's edge are cut off."""
+    torch.manual_seed(1)
+    gather = LocallyConnected2d(shape, 3, k, s, pad, act="relu")
+    band = LocallyConnected2d(shape, 3, k, s, pad, act="relu", impl="band", band_width=bw)
+    band.load_state_dict(gather.state_dict())
+    x = torch.randn(5, shape[1], shape[2], shape[0])
+    outs, grads = [], []
+    for layer in (gather, band):
+        xi = x.clone().requires_grad_(True)
+        y = layer(xi)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        outs.append(y)
+        grads.append((xi.grad, layer.weight.grad, layer.bias.grad))
+    torch.testing.assert_close(outs[0], outs[1])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    if shape[0] > 1:
+        part = x[..., :1].contiguous()
+        torch.testing.assert_close(gather.partial(part, 0, 1), band.partial(part, 0, 1))
+
+
 def test_local_positions_do_not_share_weights():
     layer = LocallyConnected2d((1, 4, 4), 1, 2, 2, act="relu")
     with torch.no_grad():

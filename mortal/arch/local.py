@@ -318,14 +318,14 @@ class LocallyConnected2d(nn.Module):
 def local_stack(in_shape: tuple[int, int, int],
                 layers: tuple[tuple[int, int, int], ...] | list[tuple[int, int, int]],
                 act: str = "relu", init: str = "default", padding: int = 0,
-                impl: str = "gather") -> nn.ModuleList:
+                impl: str = "gather", band_width: int = 8) -> nn.ModuleList:
     """Locally connected layers from (out_channels, kernel, stride) triples, each fed the shape
-    the one below produces; `padding` zeros around every layer's input; `impl` as in
-    `LocallyConnected2d`."""
+    the one below produces; `padding` zeros around every layer's input; `impl` and
+    `band_width` as in `LocallyConnected2d`."""
     out, shape = [], in_shape
     for channels, kernel, stride in layers:
         layer = LocallyConnected2d(shape, channels, kernel, stride, padding, act=act, init=init,
-                                   impl=impl)
+                                   impl=impl, band_width=band_width)
         out.append(layer)
         oh, ow, o = layer.out_shape
         shape = (o, oh, ow)

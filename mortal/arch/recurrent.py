@@ -87,10 +87,11 @@ class LocalMap(nn.Module):
     top map, a dense input from the label vector. Flat (N, H*W*C_in [+ C]) -> (N, H*W*O)."""
 
     def __init__(self, in_shape: tuple[int, int, int], channels: int, kernel: int,
-                 n_label: int = 0, act: str = "relu", init: str = "default") -> None:
+                 n_label: int = 0, act: str = "relu", init: str = "default",
+                 impl: str = "gather", band_width: int = 8) -> None:
         super().__init__()
         self.local = LocallyConnected2d(in_shape, channels, kernel, 1, kernel // 2,
-                                        act=act, init=init)
+                                        act=act, init=init, impl=impl, band_width=band_width)
         self.n_map = math.prod(in_shape)
         self.label = nn.Linear(n_label, math.prod(self.local.out_shape), bias=False) \
             if n_label else None
@@ -111,7 +112,7 @@ class LocalRecurrentStack(RecurrentStack):
 
     def __init__(self, in_shape: tuple[int, int, int], channels: tuple[int, ...] | list[int],
                  kernel: int, n_classes: int = 10, damping: float = 0.3, act: str = "relu",
-                 init: str = "default") -> None:
+                 init: str = "default", impl: str = "gather", band_width: int = 8) -> None:
         nn.Module.__init__(self)
         c, h, w = in_shape
         self.hw = (h, w)
@@ -120,7 +121,8 @@ class LocalRecurrentStack(RecurrentStack):
         below = [c, *channels[:-1]]
         above = [*channels[1:], 0]
         self.layers = nn.ModuleList(
-            LocalMap((b + a, h, w), o, kernel, n_classes if a == 0 else 0, act, init)
+            LocalMap((b + a, h, w), o, kernel, n_classes if a == 0 else 0, act, init, impl,
+                     band_width)
             for b, a, o in zip(below, above, channels, strict=True))
 
     def _map(self, s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -76,6 +76,8 @@ class Config:
     channels: int = 3                          # ReLUs per map location
     kernel: int = 11                           # receptive field (odd: zero padding kernel // 2)
     image_size: int = 32                       # < 32 area-downsamples the images (tests only)
+    local_impl: Literal["band", "gather"] = "band"  # LocallyConnected2d's implementation
+    band_width: int = 32                       # output columns per block (impl "band")
     epochs: int = 20
     batch_size: int = 100
     iterations: int = 10
@@ -110,6 +112,7 @@ class Config:
         check(self.kernel >= 1 and self.kernel % 2 == 1, "kernel must be odd and >= 1", p)
         check(1 <= self.image_size <= 32, "image_size must be in 1..32", p)
         check(self.channels >= 1, "channels must be >= 1", p)
+        check(self.band_width >= 1, "band_width must be >= 1", p)
         check(0 <= self.damping < 1, "damping must be in [0, 1)", p)
         check(1 <= self.score_from <= self.score_to <= self.iterations,
               "need 1 <= score_from <= score_to <= iterations", p)
@@ -169,13 +172,14 @@ def in_shape(cfg: Config) -> tuple[int, int, int]:
 def ff_net(cfg: Config, depth: int) -> LocalRecurrentStack:
     """The recurrent FF net: `depth` maps of `channels` per location, bottom-up and top-down."""
     return LocalRecurrentStack(in_shape(cfg), [cfg.channels] * depth, cfg.kernel,
-                               damping=cfg.damping)
+                               damping=cfg.damping, impl=cfg.local_impl,
+                               band_width=cfg.band_width)
 
 
 def bp_net(cfg: Config, depth: int) -> nn.Sequential:
     """The backprop baseline: the same local layers, feed-forward, then a linear softmax."""
     layers = local_stack(in_shape(cfg), [(cfg.channels, cfg.kernel, 1)] * depth,
-                         padding=cfg.kernel // 2)
+                         padding=cfg.kernel // 2, impl=cfg.local_impl, band_width=cfg.band_width)
     return nn.Sequential(*layers, nn.Flatten(),
                          nn.Linear(cfg.image_size**2 * cfg.channels, 10))
 
