@@ -3,9 +3,10 @@ within their layer, and a short learning test."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from mortal.arch.recurrent import RecurrentStack
+from mortal.arch.recurrent import LocalRecurrentStack, RecurrentStack
 from mortal.recipes import ff_recurrent_mnist as rec
 from mortal.rules.ff import normalise
 from tests.conftest import needs_mnist
@@ -56,3 +57,51 @@ def test_recurrent_ff_learns_an_mnist_subset(tmp_path):
     out = rec.train(cfg, run)
     assert out["test_error_pct"] < 30
     assert set(out["test_error_by_single_iteration"]) == {"1", "2", "3", "4"}
+
+
+class _FlatInputs(LocalRecurrentStack):
+    """The local stack without the fixed-image reuse: every layer gets one flat input."""
+
+    def initial(self, x):
+        states, h = [], x
+        for j, layer in enumerate(self.layers):
+            n_above = self.widths[j + 1] if j + 1 < len(self.widths) else 0
+            zeros = h.new_zeros(len(h), *self.hw, n_above // (self.hw[0] * self.hw[1]))
+            inp = torch.cat([self._map(h, h.dtype), zeros], dim=3).flatten(1)
+            if layer.label is not None:
+                inp = torch.cat([inp, h.new_zeros(len(h), layer.label.in_features)], dim=1)
+            h = layer(inp)
+            states.append(h)
+        return states
+
+    def inputs(self, states, x, y):
+        below, above = [x, *states[:-1]], [*states[1:], None]
+        return [self._input(b, a, y, states[0].dtype) for b, a in zip(below, above, strict=True)]
+
+
+@pytest.mark.parametrize("depth,impl", [(2, "band"), (3, "gather"), (1, "band")])
+def test_fixed_image_part_is_reused_with_the_same_losses_and_gradients(depth, impl):
+    """The first map computes the image's contribution once per run (SplitInput) and autograd
+    sums its gradient over the iterations: losses, weight gradients and evaluation runs equal
+    those of flat inputs recomputed at every iteration."""
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(label_value=1.0, iterations=4, dtype="float32", loss="pairwise",
+                          temperature=2.0, threshold=1.0)
+    nets = []
+    for cls in (LocalRecurrentStack, _FlatInputs):
+        torch.manual_seed(3)
+        nets.append(cls((3, 8, 8), [2] * depth, 3, impl=impl, band_width=4))
+    torch.manual_seed(4)
+    x, y = torch.randn(6, 8 * 8 * 3), torch.randint(0, 10, (6,))
+    losses = []
+    for net in nets:
+        ls = rec.layer_losses(net, x, y, (y + 3) % 10, cfg)
+        sum(ls).backward()
+        losses.append(torch.stack(ls).detach())
+    torch.testing.assert_close(losses[0], losses[1])
+    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():
+        g = [rec.goodness_by_iteration(net, x, cfg, 3) for net in nets]
+    torch.testing.assert_close(g[0], g[1])
