@@ -57,6 +57,9 @@ def test_paper_shapes(depth):
     assert bp(x).shape == (2, 10)
     states = net.run(x, rec.one_hot(torch.tensor([1, 2]), 1.0), 2)
     assert len(states) == 2 and [s.shape for s in states[-1]] == [(2, 3072)] * depth
+    assert net.layers[-1].label.weight.abs().sum() > 0
+    zero = fc.ff_net(fc.Config(label_init="zero"), depth)
+    assert zero.layers[-1].label.weight.abs().sum() == 0  # the label starts with no effect
 
 
 def test_min_ssq_makes_positive_data_low():

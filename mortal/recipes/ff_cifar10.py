@@ -91,6 +91,7 @@ class Config:
     lr: float = 1e-3
     weight_decay: float = 0.0
     label_value: float = 1.0
+    label_init: Literal["default", "zero"] = "default"  # the top map's label weights
     softmax_epochs: int = 20
     softmax_lr: float = 1e-2
     bp_lr: float = 1e-3
@@ -171,9 +172,12 @@ def in_shape(cfg: Config) -> tuple[int, int, int]:
 
 def ff_net(cfg: Config, depth: int) -> LocalRecurrentStack:
     """The recurrent FF net: `depth` maps of `channels` per location, bottom-up and top-down."""
-    return LocalRecurrentStack(in_shape(cfg), [cfg.channels] * depth, cfg.kernel,
-                               damping=cfg.damping, impl=cfg.local_impl,
-                               band_width=cfg.band_width)
+    net = LocalRecurrentStack(in_shape(cfg), [cfg.channels] * depth, cfg.kernel,
+                              damping=cfg.damping, impl=cfg.local_impl,
+                              band_width=cfg.band_width)
+    if cfg.label_init == "zero":  # the label starts with no effect; FF learns what it adds
+        nn.init.zeros_(net.layers[-1].label.weight)
+    return net
 
 
 def bp_net(cfg: Config, depth: int) -> nn.Sequential:
