@@ -25,7 +25,7 @@ class Config:
     its settings learned slowly here, the choices below were measured (docs/results.md): the
     pairwise goodness loss at temperature 5, Adam, batches of 1000, input dropout 0.2 (the
     positive and negative copy of an image share the mask), hard negatives drawn from the
-    model's own predictions, refreshed every 3 epochs."""
+    model's own predictions, refreshed every 2 epochs."""
 
     dataset: str = "mnist"
     data_root: str = ""
@@ -46,7 +46,7 @@ class Config:
     activation: Literal["relu", "relu_st"] = "relu_st"
     init: Literal["fan_out", "default"] = "fan_out"
     label_value: float = 1.0
-    hard_negatives_every: int = 3
+    hard_negatives_every: int = 2
     hard_negatives_from: Literal["online", "softmax", "goodness"] = "softmax"
     online_softmax_lr: float = 0.1
     hard_negatives_mix: float = 1.0
