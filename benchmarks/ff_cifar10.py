@@ -51,7 +51,6 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    recipe.keep_freed_memory()
     out: dict = {"benchmark": "ff_cifar10", "depth": args.depth, "batch_size": args.batch_size}
     for impl in ("band", "gather"):
         res = measure(args, impl)

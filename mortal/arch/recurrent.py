@@ -86,10 +86,11 @@ class RecurrentStack(nn.Module):
 class SplitInput:
     """A map's input in two parts: `fixed`, the first channels, passed as the same tensor at
     every iteration of a run (the image), and `rest`, the other channels then the label, if
-    any; both flat channels-last. The map computes the fixed part's contribution once."""
+    any (None: all zero); both flat channels-last. The map computes the fixed part's
+    contribution once."""
 
     fixed: torch.Tensor
-    rest: torch.Tensor
+    rest: torch.Tensor | None
 
     def __len__(self) -> int:
         return len(self.fixed)
@@ -114,11 +115,10 @@ class LocalMap(nn.Module):
         self.label = nn.Linear(n_label, math.prod(self.local.out_shape), bias=False) \
             if n_label else None
         self.act = self.local.act
-        self._fixed: tuple | None = None  # (key, contribution) of the last SplitInput.fixed
+        self._fixed: tuple | None = None  # (fixed tensor, key, contribution) of the last one
 
-    def _fixed_part(self, fixed: torch.Tensor) -> torch.Tensor:
-        """(N, L, O) contribution of the fixed channels, from the cache when still valid."""
-        c = fixed.shape[1] // (self.local.in_shape[1] * self.local.in_shape[2])
+    def _fixed_part(self, fixed: torch.Tensor, c: int) -> torch.Tensor:
+        """(N, L, O) contribution of the c fixed channels, from the cache when still valid."""
         w = self.local.weight
         key = (fixed._version, w._version, torch.is_grad_enabled(),
                torch.is_autocast_enabled(fixed.device.type),
@@ -134,15 +134,15 @@ class LocalMap(nn.Module):
             c_in, h, w = self.local.in_shape
             n_rest = self.n_map - x.fixed.shape[1]
             c = x.fixed.shape[1] // (h * w)
-            pre = self._fixed_part(x.fixed) + self.local.bias
-            if n_rest:
+            pre = self._fixed_part(x.fixed, c) + self.local.bias
+            if n_rest and x.rest is not None:
                 pre = pre + self.local.partial(x.rest[:, :n_rest], c, c_in)
             pre = pre.reshape(len(x), -1)
-            label = x.rest[:, n_rest:]
+            label = None if x.rest is None else x.rest[:, n_rest:]
         else:
             pre = self.local.linear(x[:, : self.n_map]).reshape(len(x), -1)
             label = x[:, self.n_map :]
-        if self.label is not None:
+        if self.label is not None and label is not None:
             pre = pre + self.label(label)
         return self.act(pre)
 
@@ -167,6 +167,7 @@ class LocalRecurrentStack(RecurrentStack):
             LocalMap((b + a, h, w), o, kernel, n_classes if a == 0 else 0, act, init, impl,
                      band_width)
             for b, a, o in zip(below, above, channels, strict=True))
+        self._image_cache: tuple | None = None
 
     def _map(self, s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """A normalised state as an (N, H, W, C) map in `dtype`."""
@@ -175,7 +176,7 @@ class LocalRecurrentStack(RecurrentStack):
     def _image(self, x: torch.Tensor) -> torch.Tensor:
         """The normalised image, flat, as one tensor for as long as x is unchanged: the first
         map's fixed input, whose contribution the map then computes once per run."""
-        cached = getattr(self, "_image_cache", None)
+        cached = self._image_cache
         if cached is not None and cached[0] is x and cached[1] == x._version:
             return cached[2]
         out = normalise(x).reshape(len(x), -1)
@@ -187,26 +188,25 @@ class LocalRecurrentStack(RecurrentStack):
         """One layer's input: the maps below and above stacked as channels, or the map below
         and the normalised label for the top layer; for the first layer, a `SplitInput` with
         the image as its fixed part."""
-        rest = self._map(a, dtype).flatten(1) if a is not None else normalise(y).to(dtype)
         if first:
+            rest = self._map(a, dtype).flatten(1) if a is not None else normalise(y).to(dtype)
             return SplitInput(self._image(b), rest)
         if a is not None:
             return torch.cat([self._map(b, dtype), self._map(a, dtype)], dim=3).flatten(1)
-        return torch.cat([self._map(b, dtype).flatten(1), rest], dim=1)
+        return torch.cat([self._map(b, dtype).flatten(1), normalise(y).to(dtype)], dim=1)
 
     def initial(self, x: torch.Tensor) -> list[torch.Tensor]:
         """States after one bottom-up pass (top-down and label inputs are zero)."""
         states, h = [], x
         for j, layer in enumerate(self.layers):
-            n_above = self.widths[j + 1] if j + 1 < len(self.widths) else 0
-            zeros = h.new_zeros(len(h), *self.hw, n_above // (self.hw[0] * self.hw[1]))
-            n_label = layer.label.in_features if layer.label is not None else 0
-            if j == 0:
-                inp = SplitInput(self._image(x), h.new_zeros(len(h), zeros[0].numel() + n_label))
+            if j == 0:  # the image alone: the maps above and the label add nothing yet
+                inp = SplitInput(self._image(x), None)
             else:
+                n_above = self.widths[j + 1] if j + 1 < len(self.widths) else 0
+                zeros = h.new_zeros(len(h), *self.hw, n_above // (self.hw[0] * self.hw[1]))
                 inp = torch.cat([self._map(h, h.dtype), zeros], dim=3).flatten(1)
-                if n_label:
-                    inp = torch.cat([inp, h.new_zeros(len(h), n_label)], dim=1)
+                if layer.label is not None:
+                    inp = torch.cat([inp, h.new_zeros(len(h), layer.label.in_features)], dim=1)
             h = layer(inp)
             states.append(h)
         return states

@@ -26,9 +26,7 @@ Every training (2 backprop, 4 FF = {min,max}_ssq x {2,3} layers) is a resumable 
 
 from __future__ import annotations
 
-import ctypes
 import json
-import sys
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -124,21 +122,6 @@ class Config:
         check(self.eval_batch_size >= 1 and self.softmax_epochs >= 1,
               "eval_batch_size and softmax_epochs must be >= 1", p)
         return p
-
-
-def keep_freed_memory() -> None:
-    """Let glibc keep freed memory instead of returning it to the OS: every step allocates
-    and frees patch tensors of hundreds of MB, and fresh pages cost page faults (measured: 2-3x
-    the wall time of an FF step, mostly system time). Linux/glibc only; a no-op elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    libc.mallopt(-3, 1 << 30)       # M_MMAP_THRESHOLD: heap, not mmap, up to 1 GB
-    libc.mallopt(-1, 2**31 - 1)     # M_TRIM_THRESHOLD: never trim the heap
-    libc.mallopt(-2, 1 << 28)       # M_TOP_PAD
 
 
 # --- data and nets ----------------------------------------------------------------------------
@@ -332,7 +315,6 @@ def table(cfg: Config, table_cells: dict[str, dict[str, float]], n_train: int, n
 
 def train(cfg: Config, run: Any) -> dict[str, Any]:
     """Every cell of the table: 2 backprop and 4 FF trainings, each a resumable stage."""
-    keep_freed_memory()
     device = device_of(cfg.device)
     data = prepare(cfg, device)
     results: dict[str, dict[str, Any]] = {}

@@ -29,8 +29,10 @@ This file holds the whole rule:
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -716,9 +718,6 @@ def _warm_up(net: FFNet, x: torch.Tensor, y: torch.Tensor, cfg: FFTraining) -> f
     """Compile the fused step before the timed training starts: one step of a throw-away copy
     of the net on a batch of the training shape (the real net and every random stream are
     untouched). Returns the seconds it took."""
-    import copy
-    import time
-
     t0 = time.perf_counter()
     twin = copy.deepcopy(net)
     g = torch.Generator().manual_seed(12345)

@@ -101,7 +101,7 @@ class DenseState:
 
     def weight(self, w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         key = (w.data_ptr(), w._version, dtype)
-        if self.low is None or self.key != key or self.low.dtype != dtype:
+        if self.low is None or self.key != key:
             self.low = w.detach().to(dtype)
             self.key = key
         return self.low
