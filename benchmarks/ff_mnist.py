@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from mortal import config as configs
 from mortal.arch.dense import MLP
-from mortal.bench import gemm_gflops
+from mortal.bench import gemm_gflops, seconds_per_step
 from mortal.data.negatives import embed_label, wrong_labels
 from mortal.loop import autocast, make_optimizer
 from mortal.recipes import ff_supervised_mnist as recipe
@@ -45,14 +45,6 @@ def ff_flops_per_example(dims: list[int]) -> float:
 def bp_flops_per_example(dims: list[int], n_classes: int = 10) -> float:
     layers = list(zip(dims[:-1], dims[1:], strict=True)) + [(dims[-1], n_classes)]
     return sum((4.0 if i == 0 else 6.0) * a * b for i, (a, b) in enumerate(layers))
-
-
-def seconds_per_step(step, steps: int) -> float:
-    """Mean seconds of `steps` calls of step()."""
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - t0) / steps
 
 
 def paired_fractions(step, flops: float, dims: list[int], rows: int, pairs: int

@@ -20,17 +20,12 @@ import torch
 
 from mortal import config as configs
 from mortal.arch.glom import Glom
-from mortal.bench import gemm_peak
+from mortal.bench import gemm_peak, seconds_per_step
 from mortal.loop import autocast, make_optimizer
 from mortal.recipes import get
 from mortal.recipes.glom_parts import rule_of, spec_of
 from mortal.rules import glom as rule_mod
 from mortal.runs import environment
-
-try:
-    from benchmarks.ff_mnist import timed_steps
-except ImportError:  # run as a script from the benchmarks folder
-    from ff_mnist import timed_steps  # type: ignore[no-redef]
 
 IMAGES = {"glom-parts": (1, 48, 64), "glom-mnist": (1, 28, 28)}
 
@@ -75,14 +70,15 @@ def main() -> None:
             for _ in range(cfg.iterations):
                 e = model.step(e, cols)
 
-    infer_s = timed_steps(infer, args.steps) / cfg.iterations
+    infer_s = seconds_per_step(infer, args.steps) / cfg.iterations
     fl = iteration_flops(model, b)
     infer_flops = fl["attention"] + fl["mlp"]
 
     rule = rule_of(cfg, n_classes=10)
     model.tau, model.far_negatives = rule.tau, rule.far_negatives
     opt = make_optimizer("adam", model.parameters(), rule.lr)
-    train_s = timed_steps(lambda: rule_mod.local_step(model, x, rule, opt), max(2, args.steps // 2))
+    train_s = seconds_per_step(lambda: rule_mod.local_step(model, x, rule, opt),
+                               max(2, args.steps // 2))
     s = model.spec
     nce = 2 * b * b * s.n_columns * s.dim * (2 * s.n_levels - 1) * 3
     train_flops = cfg.iterations * (fl["attention"] / 2 + 3 * fl["mlp"] + nce)

@@ -22,17 +22,12 @@ from torch import nn
 
 from mortal import config as configs
 from mortal.arch.dense import dense_stack
-from mortal.bench import gemm_peak
+from mortal.bench import gemm_peak, seconds_per_step
 from mortal.loop import autocast, make_optimizer
 from mortal.recipes import ff_local_mnist as recipe
 from mortal.recipes import ff_supervised_mnist as sup
 from mortal.rules import ff
 from mortal.runs import environment
-
-try:
-    from benchmarks.ff_mnist import timed_steps
-except ImportError:  # run as a script from the benchmarks folder
-    from ff_mnist import timed_steps  # type: ignore[no-redef]
 
 
 def macs_per_example(layers: nn.ModuleList) -> list[int]:
@@ -58,7 +53,7 @@ def main() -> None:
     x_pos, x_neg = torch.rand(b, 784), torch.rand(b, 784)
     local = recipe.build(cfg, 784)
     macs = macs_per_example(local.layers)
-    ff_local_s = timed_steps(lambda: local.train_step(x_pos, x_neg), args.steps)
+    ff_local_s = seconds_per_step(lambda: local.train_step(x_pos, x_neg), args.steps)
     ff_local_gflops = 8 * sum(macs) * b / ff_local_s / 1e9
 
     # A dense net with the same multiply-adds per layer: widths w_i with
@@ -69,7 +64,7 @@ def main() -> None:
         fan_in = widths[-1]
     dense = ff.FFNet(dense_stack(784, widths, cfg.activation, cfg.init), sup.rule(cfg))
     dense_macs = [a * c for a, c in zip([784, *widths[:-1]], widths, strict=True)]
-    ff_dense_s = timed_steps(lambda: dense.train_step(x_pos, x_neg), args.steps)
+    ff_dense_s = seconds_per_step(lambda: dense.train_step(x_pos, x_neg), args.steps)
     ff_dense_gflops = 8 * sum(dense_macs) * b / ff_dense_s / 1e9
 
     # Backprop on the same locally connected layers, with a linear softmax on top.
@@ -86,7 +81,7 @@ def main() -> None:
         loss.backward()
         opt.step()
 
-    bp_s = timed_steps(bp_step, args.steps)
+    bp_s = seconds_per_step(bp_step, args.steps)
     bp_macs = sum(macs) + head.weight.numel()
     bp_gflops = (6 * bp_macs - 2 * macs[0]) * b / bp_s / 1e9
 

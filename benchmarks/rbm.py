@@ -17,14 +17,9 @@ import json
 
 import torch
 
-from mortal.bench import gemm_peak
+from mortal.bench import gemm_peak, seconds_per_step
 from mortal.rules import boltzmann as bz
 from mortal.runs import environment
-
-try:
-    from benchmarks.ff_mnist import timed_steps
-except ImportError:  # run as a script from the benchmarks folder
-    from ff_mnist import timed_steps  # type: ignore[no-redef]
 
 
 def main() -> None:
@@ -46,18 +41,18 @@ def main() -> None:
     for dtype in ("float32", "bfloat16"):
         dt_peak = peak["peak_gflops"][dtype]
         chain = bz.GibbsChain(x.clone())
-        s = timed_steps(lambda chain=chain, dtype=dtype: chain.run(rbm, 10, g, dtype),
-                        args.steps) / 10
+        s = seconds_per_step(lambda chain=chain, dtype=dtype: chain.run(rbm, 10, g, dtype),
+                             args.steps) / 10
         out[f"gibbs_sweeps_per_s_{dtype}"] = round(1 / s, 1)
         out[f"gibbs_fraction_of_peak_{dtype}"] = round(2 * mm_flops / s / 1e9 / dt_peak, 3)
         for k in (1, 10):
-            s = timed_steps(lambda k=k, dtype=dtype: bz.cd_gradient(rbm, x, k, None, g, dtype),
-                            args.steps)
+            s = seconds_per_step(
+                lambda k=k, dtype=dtype: bz.cd_gradient(rbm, x, k, None, g, dtype), args.steps)
             out[f"cd{k}_examples_per_s_{dtype}"] = round(b / s, 1)
             out[f"cd{k}_fraction_of_peak_{dtype}"] = round(
                 (2 * k + 3) * mm_flops / s / 1e9 / dt_peak, 3)
-        s = timed_steps(lambda dtype=dtype: bz.cd_gradient(rbm, x, 1, None, g, dtype),
-                        args.steps)
+        s = seconds_per_step(lambda dtype=dtype: bz.cd_gradient(rbm, x, 1, None, g, dtype),
+                             args.steps)
         out[f"cd1_epoch_seconds_estimate_{dtype}"] = round(60000 / b * s, 1)
     env = environment()
     out.update({"cpu": env["cpu"], "threads": torch.get_num_threads(), "torch": env["torch"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -45,3 +46,11 @@ def gemm_peak(dtypes: tuple[str, ...] = ("float32", "bfloat16"), seconds: float 
             out["shapes"].setdefault(f"{m}x{k}x{n}", {})[dtype] = round(g, 1)
             out["peak_gflops"][dtype] = round(max(out["peak_gflops"].get(dtype, 0.0), g), 1)
     return out
+
+
+def seconds_per_step(step: Callable[[], object], steps: int) -> float:
+    """Mean wall seconds of `steps` calls of step() (the benchmarks' timer)."""
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - t0) / steps
