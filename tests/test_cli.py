@@ -132,6 +132,21 @@ def test_ff_recipe_reports_both_modes(tmp_path):
     assert {"loss_layer1", "loss_layer2", "ff_acc_layer2", "test_error_pct"} <= rows[-1].keys()
 
 
+@needs_mnist
+def test_glom_mnist_recipe_probes_and_draws(tmp_path):
+    out = tmp_path / "glom"
+    r = mortal("run", "glom-mnist", "--set", "train_limit=400", "--set", "test_limit=300",
+               "--set", "batch_size=50", "--set", "probe_epochs=200", "--set", "tsne_points=60",
+               "--set", "n_pictures=1", "--out", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    res = json.loads((out / "results.json").read_text())
+    assert res["mode"] == "local" and res["target_accuracy_pct"] == 98.7
+    assert res["probe_accuracy_pct"] > 50  # 8 steps and a 400-image probe; chance is 10
+    assert {"islands_0.png", "islands_0.gif", "tsne_top_level.png"} <= set(res["figures"])
+    assert all((out / f).stat().st_size > 0 for f in res["figures"])
+    assert "linear probe on the top level" in (out / "table.md").read_text()
+
+
 def _mnist_copy(tmp_path: Path) -> Path:
     d = tmp_path / "mnist"
     shutil.copytree(SHARED_DATA / "mnist", d)

@@ -1,9 +1,9 @@
 """GLOM data parallel (issue #9): two processes over gloo train like one process on the combined
-batch, in mode=local (InfoNCE negatives from the global batch, far negatives on; and with the
-losses on inked columns only, whose count is the global batch's) and mode=paper (the
-masked-pixel mean over the global batch's masked columns). The two-process local run is
-stopped after its first checkpoint and resumed, and still ends where one uninterrupted
-process does."""
+batch, in mode=local (InfoNCE negatives from the global batch, far negatives on, two shifted
+views of every image; and with the losses on inked columns only, whose count is the global
+batch's) and mode=paper (the masked-pixel mean over the global batch's masked columns). The
+two-process local run is stopped after its first checkpoint and resumed, and still ends where
+one uninterrupted process does."""
 
 from __future__ import annotations
 
@@ -38,13 +38,14 @@ class _Stop(Exception):
 
 def _train(out: Path, mode: str, stop_at: int | None = None, resume: bool = False) -> Glom:
     """A tiny GLOM trained for STEPS steps in fp32 (stopped before step `stop_at` if given);
-    mode "local_ink": local, losses on inked columns only, far negatives only."""
+    mode "local_ink": local, losses on inked columns only, far negatives only; "local": two
+    shifted views of each image (their draws come from the checkpointed generator)."""
     torch.manual_seed(0)
     model = Glom(SPEC)
     ink = mode == "local_ink"
     rule = rule_mod.GlomRule(mode="local" if ink else mode, iterations=2, lr=1e-2, tau=0.2,
                              far_negatives=True, ink_only=ink, image_negatives=not ink,
-                             n_classes=3, dtype="float32")
+                             views=2 if mode == "local" else 1, n_classes=3, dtype="float32")
     head = rule_mod.make_head(model, rule)
 
     def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -98,6 +98,36 @@ def test_local_mode_gradients_stay_in_their_net():
     assert all(untouched(p) for p in [*model.bottom.parameters(), *model.top.parameters()])
 
 
+def test_two_views_learn_from_each_others_consensus():
+    model = small_glom(3)
+    x = torch.rand(4, 1, 8, 8)
+    # Two identical views: each view's target is its own consensus, so the loss is one view's.
+    cols = model.columns(torch.cat([x, x]))
+    e = model.init_state(cols)
+    two, *_ = rule.local_losses(model, cols, e, "float32", views=2)
+    one, *_ = rule.local_losses(model, cols[:4], e[:4], "float32")
+    for k in ("bu", "td"):
+        torch.testing.assert_close(two[k], one[k])
+    # Different views: view 1's predictions are scored against view 2's consensus and back.
+    x2 = rule.shifted(x, 2, torch.Generator().manual_seed(1))
+    assert x2.shape == x.shape and not torch.equal(x2, x)
+    cols = model.columns(torch.cat([x, x2]))
+    e = model.init_state(cols)
+    losses, bu, td, att = rule.local_losses(model, cols, e, "float32", views=2)
+    want = (rule.info_nce(bu[:4], att[4:], 0.1) + rule.info_nce(bu[4:], att[:4], 0.1)) / 2
+    torch.testing.assert_close(losses["bu"], want)
+    want = (rule.info_nce(td[:4], att[4:, :-1], 0.1)
+            + rule.info_nce(td[4:], att[:4, :-1], 0.1)) / 2
+    torch.testing.assert_close(losses["td"], want)
+    # A one-pixel image moved by at most s pixels stays within s of where it was.
+    dot = torch.zeros(16, 1, 9, 9)
+    dot[:, 0, 4, 4] = 1
+    moved = rule.shifted(dot, 2, torch.Generator().manual_seed(0))
+    ys, xs = torch.nonzero(moved[:, 0], as_tuple=True)[1:]
+    assert len(ys) == 16 and (ys - 4).abs().max() <= 2 and (xs - 4).abs().max() <= 2
+    assert rule.shifted(dot, 0, None).equal(dot)
+
+
 def test_info_nce_hand_computed():
     # Two images, one level, one column; predictions equal their targets (unit vectors x, y).
     t = torch.tensor([[[[1.0, 0.0]]], [[[0.0, 1.0]]]])  # (B=2, L=1, N=1, D=2)

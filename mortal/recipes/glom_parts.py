@@ -122,6 +122,7 @@ def rule_of(cfg: Any, n_classes: int) -> rule_mod.GlomRule:
                              far_negatives=cfg.far_negatives,
                              ink_only=getattr(cfg, "ink_only", False),
                              image_negatives=getattr(cfg, "image_negatives", True),
+                             views=getattr(cfg, "views", 1), shift=getattr(cfg, "shift", 2),
                              n_classes=n_classes, dtype=cfg.dtype)
 
 

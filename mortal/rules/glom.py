@@ -35,6 +35,7 @@ from tqdm import tqdm
 from mortal import distributed
 from mortal.arch.glom import Glom, update
 from mortal.config import ConfigError
+from mortal.data.augment import jitter
 from mortal.loop import DTYPES, autocast, lr_factor, make_optimizer, set_lr
 from mortal.runs import Run, check_finite
 
@@ -59,6 +60,11 @@ class GlomRule:
     # local mode: the other images' same column as negatives (False: only the same image's
     # far columns, so same-part columns of different images are not pushed apart)
     image_negatives: bool = True
+    # local mode: 2 = see every image twice, each copy shifted by up to `shift` pixels, and
+    # make each view's nets predict the *other* view's consensus (the GLOM paper's agreement
+    # between two crops of one image): what agrees must survive the shift, not just the pixels
+    views: int = 1
+    shift: int = 2
     contrast_weight: float = 0.1  # paper mode: weight of the InfoNCE regulariser
     mask_frac: float = 0.25  # paper mode: fraction of columns whose pixels are hidden
     n_classes: int = 10  # supervised mode
@@ -145,12 +151,14 @@ def ink_weights(x: torch.Tensor, patch: int) -> torch.Tensor:
 
 
 def local_losses(model: Glom, cols: torch.Tensor, e: torch.Tensor, dtype: str,
-                 weight: torch.Tensor | None = None
+                 weight: torch.Tensor | None = None, views: int = 1
                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
     """One local iteration: each net predicts its level from the detached state; returns
     ({"bu": (L,), "td": (L-1,)} losses against the detached consensus, bu, td, consensus),
     averaged over columns, or weighted by `weight` (B, N). Level l's bottom-up loss reaches
-    only the bottom-up net of level l, and so on."""
+    only the bottom-up net of level l, and so on. With `views` = 2 the batch holds two views
+    of the same images (first half, second half) and each view's predictions are scored
+    against the *other* view's consensus, the negatives coming from that view too."""
     e = e.detach()
     with torch.no_grad(), autocast(e.device, dtype):
         att = model.consensus(e).float()
@@ -158,12 +166,20 @@ def local_losses(model: Glom, cols: torch.Tensor, e: torch.Tensor, dtype: str,
         bu = model.bottom_up(cols, e)
         td = model.top_down(e)
     tau, far = model_tau(model), far_mask(model) if model_far(model) else None
-    att_all, off = global_batch(att)  # negatives from every process's images
     others = bool(getattr(model, "image_negatives", True))
     mm = DTYPES[dtype]  # the similarity matmuls in the run's dtype (fp32 softmax either way)
-    return {"bu": info_nce(bu, att_all, tau, far, off, weight, others, mm),
-            "td": info_nce(td, att_all[:, :-1], tau, None if far is None else far[:-1], off,
-                           weight, others, mm)}, bu, td, att
+    parts = [slice(None)] if views == 1 else [slice(0, len(e) // 2), slice(len(e) // 2, None)]
+    losses = {"bu": 0.0, "td": 0.0}
+    for i, own in enumerate(parts):
+        target = parts[(i + 1) % len(parts)]  # the view itself, or the other one
+        w = None if weight is None else weight[own]
+        att_all, off = global_batch(att[target])  # negatives from every process's images
+        losses["bu"] = losses["bu"] + info_nce(bu[own], att_all, tau, far, off, w, others,
+                                               mm) / len(parts)
+        losses["td"] = losses["td"] + info_nce(td[own], att_all[:, :-1], tau,
+                                               None if far is None else far[:-1], off, w,
+                                               others, mm) / len(parts)
+    return losses, bu, td, att
 
 
 def model_tau(model: Glom) -> float:
@@ -177,21 +193,28 @@ def model_far(model: Glom) -> bool:
 
 
 def local_step(model: Glom, x: torch.Tensor, rule: GlomRule, opt: torch.optim.Optimizer,
-               sync: Callable[[], None] | None = None) -> dict[str, float]:
+               sync: Callable[[], None] | None = None, g: torch.Generator | None = None
+               ) -> dict[str, float]:
     """mode=local: `iterations` iterations, each net regressing the detached consensus at its
     level; gradients accumulate over iterations (averaged over processes by `sync`, under data
     parallel, where x is the global batch and this process trains on its slice) and every net
-    steps once."""
+    steps once. With rule.views = 2, two shifted copies of the batch (drawn from `g`) each
+    learn from the other's consensus."""
+    if rule.views == 2:  # drawn for the global batch, so every process sees the same views
+        x = torch.cat([shifted(x, rule.shift, g), shifted(x, rule.shift, g)])
     if sync is not None:
-        x = distributed.shard(x)
+        x = (distributed.shard(x) if rule.views == 1 else
+             torch.cat([distributed.shard(v) for v in x.chunk(2)]))
     cols = model.columns(x)
-    weight = ink_weights(x, model.spec.patch) if rule.ink_only else None
+    weight = None
+    if rule.ink_only:  # each view's weights sum to one
+        weight = torch.cat([ink_weights(v, model.spec.patch) for v in x.chunk(rule.views)])
     with torch.no_grad(), autocast(x.device, rule.dtype):
         e = model.init_state(cols)
     opt.zero_grad(set_to_none=True)
     bu_sum = td_sum = 0.0
     for _ in range(rule.iterations):
-        losses, bu, td, att = local_losses(model, cols, e, rule.dtype, weight)
+        losses, bu, td, att = local_losses(model, cols, e, rule.dtype, weight, rule.views)
         loss = (losses["bu"].sum() + losses["td"].sum()) / rule.iterations
         loss.backward()
         bu_sum = bu_sum + losses["bu"].detach()
@@ -205,6 +228,12 @@ def local_step(model: Glom, x: torch.Tensor, rule: GlomRule, opt: torch.optim.Op
     out = {f"loss_bu{i}": float(v) / rule.iterations for i, v in enumerate(bu_sum)}
     out.update({f"loss_td{i}": float(v) / rule.iterations for i, v in enumerate(td_sum)})
     return out
+
+
+def shifted(x: torch.Tensor, max_shift: int, g: torch.Generator | None) -> torch.Tensor:
+    """(B, C, H, W) images, each moved by its own integer offset of up to `max_shift` pixels
+    along both axes (zero fill): one view of a two-view local step."""
+    return jitter(x.flatten(1), max_shift, tuple(x.shape[1:]), g).view_as(x)
 
 
 def mask_columns(x: torch.Tensor, patch: int, frac: float, g: torch.Generator
@@ -327,7 +356,7 @@ def train(model: Glom, head: nn.Module, batch: Callable[[int], tuple[torch.Tenso
             set_lr(opt, rule.lr * lr_factor(rule.schedule, step, steps))
             x, y = batch(step)
             if rule.mode == "local":
-                stats = local_step(model, x, rule, opt, sync)
+                stats = local_step(model, x, rule, opt, sync, g)
             else:
                 stats = paper_step(model, head, x, y, rule, opt, g, sync)
         check_finite(stats, step, f"GLOM {rule.mode}")
