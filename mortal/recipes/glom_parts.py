@@ -73,6 +73,8 @@ class Config:
     # InfoNCE negatives from the same image's far columns only, not other images
     ink_only: bool = True  # local losses averaged over the columns with ink only
     image_negatives: bool = False  # InfoNCE against other images' same column (else far only)
+    views: int = 1  # 2: two shifted views of each image, each taught by the other's consensus
+    shift: int = 2  # pixels, for views = 2
     contrast_weight: float = 0.1
     mask_frac: float = 0.25
     dtype: Literal["bfloat16", "float32"] = "bfloat16"
@@ -98,6 +100,7 @@ class Config:
         check(self.iterations >= 1 and self.eval_iterations >= 1, "iterations must be >= 1", p)
         check(self.lr > 0 and self.tau > 0 and self.beta > 0, "lr, tau, beta must be > 0", p)
         check(0 < self.mask_frac < 1, "mask_frac must be in (0, 1)", p)
+        check(self.views in (1, 2) and self.shift >= 0, "views is 1 or 2; shift >= 0", p)
         check(self.image_negatives or self.far_negatives,
               "InfoNCE needs negatives: image_negatives or far_negatives (or both)", p)
         check(self.n_val >= 1 and self.n_test >= 1 and self.n_probe_train >= 8
@@ -122,7 +125,7 @@ def rule_of(cfg: Any, n_classes: int) -> rule_mod.GlomRule:
                              far_negatives=cfg.far_negatives,
                              ink_only=getattr(cfg, "ink_only", False),
                              image_negatives=getattr(cfg, "image_negatives", True),
-                             views=getattr(cfg, "views", 1), shift=getattr(cfg, "shift", 2),
+                             views=cfg.views, shift=cfg.shift,
                              n_classes=n_classes, dtype=cfg.dtype)
 
 
