@@ -81,7 +81,8 @@ def main() -> None:
                                max(2, args.steps // 2))
     s = model.spec
     nce = 2 * b * b * s.n_columns * s.dim * (2 * s.n_levels - 1) * 3
-    train_flops = cfg.iterations * (fl["attention"] / 2 + 3 * fl["mlp"] + nce)
+    # views = 2: the step runs both views (2b images), each view's InfoNCE against the other's b
+    train_flops = rule.views * cfg.iterations * (fl["attention"] / 2 + 3 * fl["mlp"] + nce)
     env = environment(args.dtype)
     print(json.dumps({
         "benchmark": "glom",
@@ -89,7 +90,7 @@ def main() -> None:
         "cpu": env["cpu"], "torch": env["torch"], "threads": torch.get_num_threads(),
         "date": env["date"], "dtype": args.dtype,
         "batch_size": b, "columns": s.n_columns, "levels": s.n_levels, "dim": s.dim,
-        "hidden": s.hidden, "iterations_per_step": cfg.iterations,
+        "hidden": s.hidden, "iterations_per_step": cfg.iterations, "views": rule.views,
         "peak_gflops": peak,
         "inference_iterations_per_second": round(1 / infer_s, 2),
         "inference_images_iterations_per_second": round(b / infer_s, 1),
