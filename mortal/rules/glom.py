@@ -6,7 +6,8 @@ mode="local" (the default, the goal): no gradient crosses an iteration or a leve
   extractor: "mutual distillation"), by InfoNCE against the same column of the other images
   in the batch (same image positive, other images negative), which keeps the consensus from
   collapsing to one vector for every image. The state then moves on with the detached
-  predictions. Each net's loss reaches only that net.
+  predictions. Each net's loss reaches only that net. With views=2 every image is seen twice,
+  shifted, and each view's nets predict the other view's consensus instead of their own.
 mode="paper": backprop through all iterations of a denoising objective (reconstruct the
   pixels of masked columns from level 0), plus the same InfoNCE regulariser on the live
   (not detached) predictions.
