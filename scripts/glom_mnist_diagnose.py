@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+import tempfile
 
 import torch
 
 from mortal.arch.glom import Glom
 from mortal.config import build, parse_sets
-from mortal.loop import epoch_order, lr_factor, make_optimizer, seed_everything, set_lr
+from mortal.loop import epoch_order, seed_everything
 from mortal.recipes.common import load_split
 from mortal.recipes.glom_mnist import Config
 from mortal.recipes.glom_parts import rule_of, spec_of
 from mortal.rules import ff
 from mortal.rules import glom as rule_mod
+from mortal.runs import Run
 
 
 def main() -> None:
@@ -39,18 +40,22 @@ def main() -> None:
     data = load_split(cfg.dataset, cfg.data_root, torch.device("cpu"))
     model = Glom(spec_of(cfg, (1, 28, 28)))
     rule = rule_of(cfg, 10)
-    model.tau, model.far_negatives = rule.tau, rule.far_negatives
-    model.image_negatives = rule.image_negatives
-    opt = make_optimizer("adam", model.parameters(), rule.lr)
-    g = torch.Generator().manual_seed(cfg.seed + 17)
-    n, per_epoch, t0 = len(data.x_train), len(data.x_train) // cfg.batch_size, time.time()
+    n = len(data.x_train)
+    per_epoch = n // cfg.batch_size
     steps = 0 if args.untrained else args.steps
-    for s in range(steps):
-        set_lr(opt, rule.lr * lr_factor("cosine", s, steps))
-        epoch, i = divmod(s, per_epoch)
+
+    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:  # as glom-mnist draws them
+        epoch, i = divmod(step, per_epoch)
         idx = epoch_order(n, cfg.seed, epoch, "cpu")[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-        rule_mod.local_step(model, data.x_train[idx].view(-1, 1, 28, 28), rule, opt, g=g)
-    train_s = time.time() - t0
+        return data.x_train[idx].view(-1, 1, 28, 28), data.y_train[idx]
+
+    train_s = 0.0
+    if steps:  # the recipe's own loop, its run records in a scratch directory
+        with tempfile.TemporaryDirectory() as tmp:
+            run = Run(tmp, "glom-mnist-diagnose", {}, quiet=True, record_env=False)
+            train_s = rule_mod.train(model, rule_mod.make_head(model, rule), batch, steps,
+                                     rule, run, log_every=steps, seed=cfg.seed,
+                                     progress=False)["train_seconds"]
     model.eval()
     x_tr, y_tr = data.x_train[:args.n_probe].view(-1, 1, 28, 28), data.y_train[:args.n_probe]
     x_te, y_te = data.x_test[:5000].view(-1, 1, 28, 28), data.y_test[:5000]
