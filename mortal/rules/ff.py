@@ -424,10 +424,11 @@ class FFNet(nn.Module):
         return stats
 
     @torch.no_grad()
-    def activities(self, x: torch.Tensor, feature_major: bool | None = None
-                   ) -> list[torch.Tensor]:
-        """Each layer's (unnormalised) activity for input x, in inference mode; feature-major
-        when the layers prefer it, unless `feature_major` says otherwise."""
+    def passes(self, x: torch.Tensor, feature_major: bool | None = None
+               ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(activity, normalised activity) of each layer for input x, in inference mode; the
+        normalised one is what the next layer read, so readouts need not normalise again.
+        Feature-major when the layers prefer it, unless `feature_major` says otherwise."""
         out = []
         x = normalise(x)
         if self.feature_major if feature_major is None else feature_major:
@@ -435,9 +436,14 @@ class FFNet(nn.Module):
         with autocast(x.device, self.rule.dtype):
             for layer in self.layers:
                 h = layer(x)
-                out.append(h)
                 x = normalise(h)
+                out.append((h, x))
         return out
+
+    def activities(self, x: torch.Tensor, feature_major: bool | None = None
+                   ) -> list[torch.Tensor]:
+        """Each layer's (unnormalised) activity for input x, in inference mode."""
+        return [h for h, _ in self.passes(x, feature_major)]
 
     @torch.no_grad()
     def goodness_scores(self, x: torch.Tensor, n_classes: int = 10, skip: int = 1,
@@ -457,7 +463,7 @@ class FFNet(nn.Module):
     def layer_features(self, x: torch.Tensor, skip: int = 1) -> list[torch.Tensor]:
         """Normalised activities of layers[skip:] for input x, in the layers' preferred layout
         (the per-minibatch input of the online softmax)."""
-        return [normalise(h) for h in self.activities(x)[skip:]]
+        return [hn for _, hn in self.passes(x)[skip:]]
 
     @torch.no_grad()
     def features(self, x: torch.Tensor, n_classes: int = 10, skip: int = 1,
@@ -469,15 +475,15 @@ class FFNet(nn.Module):
         out = None
         for i in range(0, len(x), batch_size):
             xb = x[i : i + batch_size]
-            acts = self.activities(embed_neutral(xb, n_classes) if neutral_label else xb,
-                                   feature_major=False)[skip:]
+            acts = self.passes(embed_neutral(xb, n_classes) if neutral_label else xb,
+                               feature_major=False)[skip:]
             if out is None:
-                width = sum(h[0].numel() for h in acts)
-                out = torch.empty(len(x), width, dtype=acts[0].dtype, device=x.device)
+                width = sum(hn[0].numel() for _, hn in acts)
+                out = torch.empty(len(x), width, dtype=acts[0][1].dtype, device=x.device)
             col = 0
-            for h in acts:
-                d = h[0].numel()
-                out[i : i + len(xb), col : col + d] = normalise(h).flatten(1)
+            for _, hn in acts:
+                d = hn[0].numel()
+                out[i : i + len(xb), col : col + d] = hn.flatten(1)
                 col += d
         return out
 
