@@ -92,43 +92,13 @@ class Config:
         return p
 
 
-def tsne(x: torch.Tensor, perplexity: float = 30.0, iters: int = 500, seed: int = 0
-         ) -> np.ndarray:
-    """(N, D) -> (N, 2) exact t-SNE (van der Maaten & Hinton 2008): Gaussian affinities at the
-    given perplexity (binary search on each point's precision), symmetrised; Student-t in 2-D;
-    gradient descent with momentum and early exaggeration 12 for the first quarter."""
-    x = x.double()
-    n = len(x)
-    d2 = torch.cdist(x, x).pow(2)
-    d2.fill_diagonal_(float("inf"))
-    lo = torch.full((n, 1), 1e-20, dtype=torch.float64)
-    hi = torch.full((n, 1), 1e20, dtype=torch.float64)
-    beta = torch.ones(n, 1, dtype=torch.float64) / d2[d2.isfinite()].median()
-    target = np.log(perplexity)
-    for _ in range(60):  # precision per point so that exp(entropy) = perplexity
-        logits = -d2 * beta
-        p = torch.softmax(logits, 1)
-        h = -(p * torch.log(p.clamp_min(1e-300))).sum(1, keepdim=True)
-        too_flat = h > target
-        lo = torch.where(too_flat, beta, lo)
-        hi = torch.where(too_flat, hi, beta)
-        beta = torch.where(hi < 1e19, (lo + hi) / 2, beta * 2)
-    p = torch.softmax(-d2 * beta, 1)
-    p = ((p + p.T) / (2 * n)).clamp_min(1e-12)
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randn(n, 2, generator=g, dtype=torch.float64) * 1e-4
-    vel = torch.zeros_like(y)
-    lr = max(n / 12 / 4, 50.0)
-    for it in range(iters):
-        exag = 12.0 if it < iters // 4 else 1.0
-        num = 1.0 / (1.0 + torch.cdist(y, y).pow(2))
-        num.fill_diagonal_(0.0)
-        q = (num / num.sum()).clamp_min(1e-12)
-        w = (exag * p - q) * num  # (N, N)
-        grad = 4 * (w.sum(1, keepdim=True) * y - w @ y)
-        vel = (0.5 if it < iters // 4 else 0.8) * vel - lr * grad
-        y = y + vel
-    return y.numpy()
+def tsne(x: torch.Tensor, perplexity: float = 30.0, seed: int = 0) -> np.ndarray:
+    """(N, D) -> (N, 2) t-SNE map by openTSNE (perplexity lowered by it for small N); one
+    thread, so that the same seed gives the same map."""
+    from openTSNE import TSNE
+
+    return np.asarray(TSNE(perplexity=perplexity, random_state=seed, n_jobs=1, verbose=False)
+                      .fit(x.float().cpu().numpy().astype(np.float64)))
 
 
 @torch.no_grad()
