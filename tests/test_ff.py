@@ -211,6 +211,21 @@ def test_feature_major_dense_equals_batch_major():
         assert torch.allclose(a, b, atol=1e-5)
 
 
+def test_features_are_the_normalised_activities_the_next_layer_reads():
+    """One pass gives each layer's activity and its normalised form; the softmax features are
+    the normalised activities of layers[skip:] side by side, with a neutral label."""
+    torch.manual_seed(4)
+    net = _net((16, 12, 8), "float32")
+    x = torch.rand(5, 20)
+    passes = net.passes(x)
+    for h, hn in passes:
+        assert torch.equal(hn, ff.normalise(h))
+        assert torch.allclose(hn.square().mean(1), torch.ones(5), atol=1e-5)
+    acts = net.activities(embed_neutral(x, 10), feature_major=False)
+    want = torch.cat([ff.normalise(h) for h in acts[1:]], 1)
+    assert torch.equal(net.features(x, 10, batch_size=2), want)
+
+
 def test_bf16_matches_fp32_on_small_net():
     torch.manual_seed(2)
     x = torch.rand(64, 20)
