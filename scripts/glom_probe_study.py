@@ -18,13 +18,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
 from mortal.arch.glom import Glom
+from mortal.config import build
 from mortal.recipes.common import load_split
 from mortal.recipes.glom_mnist import Config, top_features
 from mortal.recipes.glom_parts import spec_of
 from mortal.rules import ff
+from mortal.runs import checkpoint
 
 
 def lbfgs_softmax(x: torch.Tensor, y: torch.Tensor, l2: float, n_classes: int = 10
@@ -55,13 +56,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     run = Path(args.run)
     keys = json.loads((run / "config.json").read_text())["config"]
-    cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in keys.items()})
-    cfg.eval_iterations = args.iterations
+    cfg = build(Config, keys | {"eval_iterations": args.iterations})
     data = load_split(cfg.dataset, cfg.data_root, torch.device("cpu"), 0)
     model = Glom(spec_of(cfg, (1, 28, 28)))
-    state = load_file(str(run / "checkpoint.safetensors"))
-    prefix = "/state/model/"
-    model.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    model.load_state_dict(checkpoint.load(run / "checkpoint.safetensors")["state"]["model"])
     model.eval()
     t0 = time.perf_counter()
     ft, fe = top_features(model, data.x_train, cfg), top_features(model, data.x_test, cfg)
@@ -94,6 +92,7 @@ def main() -> None:
         w, b = lbfgs_softmax(zt, yt, l2)
         report(f"standardised fp32, L-BFGS, L2 {l2}", (ze @ w + b).argmax(1),
                (zt @ w + b).argmax(1), t)
+
 
 if __name__ == "__main__":
     main()
