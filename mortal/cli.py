@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import json
 import sys
@@ -29,6 +30,23 @@ def _latest_run(recipe: str) -> Path | None:
     return runs[-1] if runs else None
 
 
+def _run_dir(args: argparse.Namespace, recipe: str) -> Path:
+    """--out, else with --resume the newest runs/RECIPE-*, else a new runs/RECIPE-TIME."""
+    if args.out:
+        return Path(args.out)
+    if args.resume and _latest_run(recipe):
+        return _latest_run(recipe)
+    return Path("runs") / f"{recipe}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _recorded_config(out: Path) -> dict:
+    """The config a run directory was started with ({} when there is none)."""
+    try:
+        return json.loads((out / "config.json").read_text()).get("config", {})
+    except (OSError, ValueError):
+        return {}
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     import torch
 
@@ -39,6 +57,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     recipe = get(args.recipe)
     overrides = configs.load_toml(args.config) if args.config else {}
     overrides.update(configs.parse_sets(args.set or []))
+    out = _run_dir(args, recipe.name)
+    recorded = _recorded_config(out) if args.resume else {}
+    if "dtype" in recorded and "dtype" not in overrides:
+        # a run resumes in the dtype it started in, wherever dtype=auto would now land
+        overrides["dtype"] = recorded["dtype"]
     cfg = configs.build(recipe.config, overrides)
     nproc = args.nproc or args.pipeline
     if nproc > 1 and not distributed.launched():  # start the processes, this one waits
@@ -47,17 +70,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         distributed.check_same_config(recipe.name, configs.to_dict(cfg))
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.out:
-        out = Path(args.out)
-    elif args.resume and _latest_run(recipe.name):
-        out = _latest_run(recipe.name)
-    else:
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = Path("runs") / f"{recipe.name}-{stamp}"
     run = Run(out, recipe.name, configs.to_dict(cfg), resume=args.resume,
               dtype=getattr(cfg, "dtype", None), quiet=args.quiet or not distributed.is_main())
     if not run.quiet:
         print(f"{recipe.name}: {recipe.setting}\nrun directory: {out}", file=sys.stderr)
+        auto = {f.name: f.default for f in dataclasses.fields(cfg)}.get("dtype") == "auto"
+        if auto and "dtype" not in overrides and cfg.dtype == "float32":
+            print("dtype: float32, since this machine has no native bf16 matmul (AMX or "
+                  "AVX512-BF16 on a CPU); --set dtype=bfloat16 forces it", file=sys.stderr)
     results = run.finish(recipe.train(cfg, run))
     main_process = distributed.is_main()
     distributed.shutdown()  # leave the group together, before the interpreter tears down

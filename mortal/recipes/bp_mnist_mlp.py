@@ -12,7 +12,7 @@ from typing import Literal
 
 from mortal.arch.dense import MLP
 from mortal.config import check
-from mortal.loop import device_of, seed_everything
+from mortal.loop import device_of, resolve_dtype, seed_everything
 from mortal.recipes import Recipe, register
 from mortal.recipes.common import load_split, standard_results
 from mortal.rules import backprop
@@ -32,10 +32,13 @@ class Config:
     weight_decay: float = 0.0
     schedule: Literal["constant", "linear", "cosine"] = "cosine"
     dropout: float = 0.0
-    dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bf16 if native
     device: str = "auto"
     seed: int = 0
     train_limit: int = 0
+
+    def __post_init__(self) -> None:
+        self.dtype = resolve_dtype(self.dtype, self.device)
 
     def validate(self) -> list[str]:
         problems: list[str] = []

@@ -25,7 +25,7 @@ import torch
 
 from mortal import distributed
 from mortal.config import check
-from mortal.loop import device_of, seed_everything
+from mortal.loop import device_of, resolve_dtype, seed_everything
 from mortal.recipes import Recipe, register
 from mortal.recipes.common import load_split, standard_results
 from mortal.recipes.rbm_mnist import readout_error, save_grid
@@ -60,10 +60,13 @@ class Config:
     bp_lr: float = 0.1
     bp_optimizer: Literal["sgd", "adam"] = "sgd"
     readout_epochs: int = 20
-    dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bf16 if native
     device: str = "auto"
     seed: int = 0
     train_limit: int = 0
+
+    def __post_init__(self) -> None:
+        self.dtype = resolve_dtype(self.dtype, self.device)
 
     @property
     def epochs(self) -> int:

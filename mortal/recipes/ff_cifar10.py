@@ -39,7 +39,15 @@ from mortal.arch.local import local_stack
 from mortal.arch.recurrent import LocalRecurrentStack
 from mortal.config import check
 from mortal.data.negatives import wrong_labels
-from mortal.loop import autocast, device_of, epoch_order, make_optimizer, seed_everything, set_lr
+from mortal.loop import (
+    autocast,
+    device_of,
+    epoch_order,
+    make_optimizer,
+    resolve_dtype,
+    seed_everything,
+    set_lr,
+)
 from mortal.recipes import Recipe, register
 from mortal.recipes import ff_recurrent_mnist as rec
 from mortal.recipes.common import load_split, standard_results
@@ -98,9 +106,12 @@ class Config:
     eval_train_limit: int = 10000              # training images for the train errors (0 = all)
     test_limit: int = 0                        # test images (0 = all 10000)
     eval_batch_size: int = 200
-    dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bf16 if native
     device: str = "auto"
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.dtype = resolve_dtype(self.dtype, self.device)
 
     def validate(self) -> list[str]:
         p: list[str] = []

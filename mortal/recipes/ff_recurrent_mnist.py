@@ -24,7 +24,15 @@ from tqdm import tqdm
 from mortal.arch.recurrent import RecurrentStack
 from mortal.config import check
 from mortal.data.negatives import hard_wrong_labels, wrong_labels
-from mortal.loop import autocast, device_of, epoch_order, make_optimizer, seed_everything, set_lr
+from mortal.loop import (
+    autocast,
+    device_of,
+    epoch_order,
+    make_optimizer,
+    resolve_dtype,
+    seed_everything,
+    set_lr,
+)
 from mortal.recipes import Recipe, register
 from mortal.recipes.common import load_split, standard_results
 from mortal.rules import ff
@@ -55,10 +63,13 @@ class Config:
     hard_negatives_every: int = 5  # epochs between hard-negative tables (0 = uniform wrong labels)
     eval_every: int = 10
     eval_limit: int = 0  # test images for the periodic evaluations (0 = all); the final uses all
-    dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bf16 if native
     device: str = "auto"
     seed: int = 0
     train_limit: int = 0
+
+    def __post_init__(self) -> None:
+        self.dtype = resolve_dtype(self.dtype, self.device)
 
     def validate(self) -> list[str]:
         p: list[str] = []

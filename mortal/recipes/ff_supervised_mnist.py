@@ -13,7 +13,7 @@ from typing import Literal
 
 from mortal.arch.dense import dense_stack
 from mortal.config import check
-from mortal.loop import device_of, seed_everything
+from mortal.loop import device_of, resolve_dtype, seed_everything
 from mortal.recipes import Recipe, register
 from mortal.recipes.common import load_split, standard_results
 from mortal.rules import ff
@@ -56,10 +56,13 @@ class Config:
     eval_every: int = 10
     softmax_epochs: int = 20
     softmax_lr: float = 3e-3
-    dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bf16 if native
     device: str = "auto"
     seed: int = 0
     train_limit: int = 0
+
+    def __post_init__(self) -> None:
+        self.dtype = resolve_dtype(self.dtype, self.device)
 
     @property
     def n_layers(self) -> int:

@@ -22,7 +22,7 @@ import torch
 from mortal import distributed
 from mortal.arch.glom import Glom
 from mortal.config import check
-from mortal.loop import autocast, device_of, epoch_order, seed_everything
+from mortal.loop import autocast, device_of, epoch_order, resolve_dtype, seed_everything
 from mortal.recipes import Recipe, register
 from mortal.recipes.common import load_split, standard_results
 from mortal.recipes.glom_parts import rule_of, save_pictures, spec_of
@@ -62,7 +62,7 @@ class Config:
     shift: int = 2  # pixels, for views = 2
     contrast_weight: float = 0.1
     mask_frac: float = 0.25
-    dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bf16 if native
     probe_epochs: int = 100
     probe_lr: float = 1e-2
     probe_weight_decay: float = 0.0
@@ -73,6 +73,9 @@ class Config:
     seed: int = 0
     train_limit: int = 0
     test_limit: int = 0  # > 0: probe on the first test_limit test images only (quick runs)
+
+    def __post_init__(self) -> None:
+        self.dtype = resolve_dtype(self.dtype, self.device)
 
     def validate(self) -> list[str]:
         p: list[str] = []

@@ -33,7 +33,7 @@ from mortal import distributed
 from mortal.arch.glom import Glom, GlomSpec
 from mortal.config import check
 from mortal.data.parts import column_ids, make_parts
-from mortal.loop import device_of, seed_everything
+from mortal.loop import device_of, resolve_dtype, seed_everything
 from mortal.recipes import Recipe, register
 from mortal.recipes.common import standard_results
 from mortal.rules import ff
@@ -77,7 +77,7 @@ class Config:
     shift: int = 2  # pixels, for views = 2
     contrast_weight: float = 0.1
     mask_frac: float = 0.25
-    dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bf16 if native
     # measuring
     thresholds: tuple[float, ...] = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
     n_val: int = 32
@@ -87,6 +87,9 @@ class Config:
     n_pictures: int = 3
     device: str = "auto"
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.dtype = resolve_dtype(self.dtype, self.device)
 
     def validate(self) -> list[str]:
         p: list[str] = []

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import torch
 
 from mortal.config import check
-from mortal.loop import device_of, epoch_order, make_optimizer, seed_everything
+from mortal.loop import device_of, epoch_order, make_optimizer, resolve_dtype, seed_everything
 from mortal.recipes import Recipe, register
 from mortal.recipes.common import load_split, standard_results
 from mortal.recipes.rbm_mnist import readout_error, save_grid
@@ -45,10 +45,13 @@ class Config:
     sampler: Literal["gibbs_langevin", "gibbs"] = "gibbs_langevin"
     n_samples: int = 100
     readout_epochs: int = 20
-    dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bf16 if native
     device: str = "auto"
     seed: int = 0
     train_limit: int = 0
+
+    def __post_init__(self) -> None:
+        self.dtype = resolve_dtype(self.dtype, self.device)
 
     def validate(self) -> list[str]:
         p: list[str] = []

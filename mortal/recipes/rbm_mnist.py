@@ -27,7 +27,7 @@ import torch
 
 from mortal import distributed
 from mortal.config import check
-from mortal.loop import device_of, seed_everything
+from mortal.loop import device_of, resolve_dtype, seed_everything
 from mortal.recipes import Recipe, register
 from mortal.recipes.common import load_split, standard_results
 from mortal.rules import boltzmann as bz
@@ -68,10 +68,13 @@ class Config:
     ais_bases: tuple[str, ...] = ("base_rate", "uniform")
     sample_steps: int = 1000
     readout_epochs: int = 20
-    dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bf16 if native
     device: str = "auto"
     seed: int = 0
     train_limit: int = 0
+
+    def __post_init__(self) -> None:
+        self.dtype = resolve_dtype(self.dtype, self.device)
 
     def validate(self) -> list[str]:
         p: list[str] = []

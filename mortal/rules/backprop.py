@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from mortal import distributed
 from mortal.config import ConfigError
-from mortal.loop import autocast, batches, lr_factor, make_optimizer, set_lr
+from mortal.loop import autocast, batches, lr_factor, make_optimizer, resolve_dtype, set_lr
 from mortal.runs import Run, check_finite
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, batch indices) -> loss
@@ -80,7 +80,7 @@ def train(
     optimizer: str = "adam",
     weight_decay: float = 0.0,
     schedule: str = "cosine",
-    dtype: str = "bfloat16",
+    dtype: str = "auto",
     seed: int = 0,
     progress: bool = True,
     loss_fn: LossFn | None = None,
@@ -98,6 +98,7 @@ def train(
     Data parallel under torch.distributed: each process trains on its slice of every batch,
     gradients are all-reduced as autograd produces them, rank 0 evaluates."""
     n = len(data.x_train)
+    dtype = resolve_dtype(dtype, data.x_train.device)
     batch_size = min(batch_size, n)
     steps_per_epoch = n // batch_size
     epochs = max(epochs, math.ceil(min_steps / steps_per_epoch))

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mortal import distributed
-from mortal.loop import DTYPES, epoch_order
+from mortal.loop import DTYPES, epoch_order, resolve_dtype
 from mortal.runs import Run, check_finite
 
 Hidden = Literal["binary", "nrelu"]
@@ -240,8 +240,11 @@ class RBMTraining:
     # "linear": the rate falls linearly from lr to 0 over all the run's updates (an annealed
     # rate, as in Tieleman 2008's PCD runs); "constant" keeps lr throughout
     lr_decay: Literal["constant", "linear"] = "constant"
-    dtype: str = "bfloat16"
+    dtype: str = "auto"  # "auto": bf16 where the matmul unit has it (loop.resolve_dtype)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.dtype = resolve_dtype(self.dtype)
 
     def lr_at(self, epoch: int, step: int, steps: int) -> float:
         """Learning rate of update `step` (0-based) of `epoch` (0-based), `steps` per epoch."""
@@ -686,8 +689,11 @@ class UpDownTraining:
     lr: float = 0.01
     weight_decay: float = 1e-5
     k_schedule: tuple[int, ...] = (3, 6, 10)
-    dtype: str = "bfloat16"
+    dtype: str = "auto"  # "auto": bf16 where the matmul unit has it (loop.resolve_dtype)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.dtype = resolve_dtype(self.dtype)
 
     def k_at(self, epoch: int) -> int:
         """Gibbs steps in the top RBM at `epoch` (0-based)."""

@@ -59,6 +59,7 @@ from mortal.loop import (
     epoch_order,
     lr_factor,
     make_optimizer,
+    resolve_dtype,
     set_lr,
 )
 from mortal.rules import ff_fused
@@ -213,7 +214,7 @@ class FFRule:
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 0.0
-    dtype: str = "bfloat16"
+    dtype: str = "auto"  # "auto": bf16 where the matmul unit has it (loop.resolve_dtype)
     # Dropout on the normalised activity each layer passes up (training only); a positive and
     # its paired negative share the mask, so their goodness difference is not made noisier.
     dropout: float = 0.0
@@ -221,6 +222,9 @@ class FFRule:
     # it with torch.compile for runs of FUSE_MIN_STEPS steps or more (compiling takes 10-30 s),
     # "on" always, "eager" runs its maths uncompiled, "off" never.
     fuse: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.dtype = resolve_dtype(self.dtype)
 
 
 class FFNet(nn.Module):
@@ -785,7 +789,8 @@ def train(net: FFNet, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torc
         avg = (state["avg"] if state is not None and "avg" in state
                else [p.detach().clone() for p in net.layers.parameters()])
     compile_seconds = _warm_up(net, x_train, y_train, cfg) if net.fuse == "compiled" else 0.0
-    probes: list[float] = []  # bf16 matmul GFLOP/s measured at each evaluation
+    probes: list[float] = []  # matmul GFLOP/s in the run's dtype, measured at each evaluation
+    probe = f"{'bf16' if net.rule.dtype == 'bfloat16' else 'fp32'}_gemm_gflops"
     for epoch in range(start, cfg.epochs):
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         if (cfg.supervised and cfg.hard_negatives_every and epoch > 0 and online is None
@@ -840,15 +845,16 @@ def train(net: FFNet, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torc
         final = None
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             # how fast this machine's matrix unit is now: shared hosts vary by 2x in minutes
-            row["bf16_gemm_gflops"] = round(gemm_gflops(2000, 2000, 2000, "bfloat16", 0.3,
-                                                        x_train.device.type), 1)
-            probes.append(row["bf16_gemm_gflops"])
+            # (in the run's own dtype: an emulated bf16 matmul would take minutes)
+            row[probe] = round(gemm_gflops(2000, 2000, 2000, net.rule.dtype, 0.3,
+                                           x_train.device.type), 1)
+            probes.append(row[probe])
         with averaged_weights(net, avg):
             if epoch + 1 == cfg.epochs:  # the final evaluation, both modes, logged with the epoch
                 final = distributed.from_main(
                     lambda: evaluate(net, x_train, y_train, x_test, y_test, cfg))
                 final["compile_seconds"] = round(compile_seconds, 1)
-                final["bf16_gemm_gflops_during_run"] = sorted(probes)[len(probes) // 2]
+                final[f"{probe}_during_run"] = sorted(probes)[len(probes) // 2]
                 if cfg.supervised:
                     row["test_error_pct"] = final["test_error_goodness_pct"]
                 row["test_error_softmax_pct"] = final["test_error_softmax_pct"]

@@ -37,7 +37,7 @@ from mortal import distributed
 from mortal.arch.glom import Glom, update
 from mortal.config import ConfigError
 from mortal.data.augment import jitter
-from mortal.loop import DTYPES, autocast, lr_factor, make_optimizer, set_lr
+from mortal.loop import DTYPES, autocast, lr_factor, make_optimizer, resolve_dtype, set_lr
 from mortal.runs import Run, check_finite
 
 MODES = ("local", "paper", "supervised")
@@ -69,7 +69,10 @@ class GlomRule:
     contrast_weight: float = 0.1  # paper mode: weight of the InfoNCE regulariser
     mask_frac: float = 0.25  # paper mode: fraction of columns whose pixels are hidden
     n_classes: int = 10  # supervised mode
-    dtype: str = "bfloat16"
+    dtype: str = "auto"  # "auto": bf16 where the matmul unit has it (loop.resolve_dtype)
+
+    def __post_init__(self) -> None:
+        self.dtype = resolve_dtype(self.dtype)
 
 
 def info_nce(pred: torch.Tensor, target: torch.Tensor, tau: float,
