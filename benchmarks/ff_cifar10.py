@@ -6,12 +6,13 @@ Measures, in one run, for each implementation of the locally connected layer (th
 default "band" and "gather"): a recurrent FF training step (positive and negative copies of the
 batch, `iterations` damped iterations, every layer's loss); the every-label evaluation (10 runs
 of score_to iterations); and a backprop step on the same local layers with a linear softmax;
-plus the bf16/fp32 matmul peak. FLOPs count the locally connected layers' useful multiply-adds:
-FF does a forward and a weight-gradient matmul per copy and iteration, backprop adds the input
-gradient (except the first layer's). These layers have 3 outputs per position, so the matmuls
-are thin: "gather" copies patches (121x the input) for a batched matmul; "band" multiplies
-dense blocks (zeros outside the fields: 3.8x the useful FLOPs at 32 columns a block) on
-overlapping views of the input, with no copy. Expect a small fraction of the peak either way.
+plus the matmul peak in the run's dtype (the recipe's dtype=auto). FLOPs count the locally
+connected layers' useful multiply-adds: FF does a forward and a weight-gradient matmul per copy
+and iteration, backprop adds the input gradient (except the first layer's). These layers have 3
+outputs per position, so the matmuls are thin: "gather" copies patches (121x the input) for a
+batched matmul; "band" multiplies dense blocks (zeros outside the fields: 3.8x the useful FLOPs
+at 32 columns a block) on overlapping views of the input, with no copy. Expect a small fraction
+of the peak either way.
 """
 
 from __future__ import annotations
@@ -54,11 +55,12 @@ def main() -> None:
     out: dict = {"benchmark": "ff_cifar10", "depth": args.depth, "batch_size": args.batch_size}
     for impl in ("band", "gather"):
         res = measure(args, impl)
-        out["bf16_gemm_peak_gflops"] = res.pop("bf16_gemm_peak_gflops")
+        out["dtype"] = res["dtype"]
+        out["gemm_peak_gflops"] = res.pop("gemm_peak_gflops")
         out[impl] = res
     out["band_over_gather_ff_train"] = round(out["band"]["ff_train_examples_per_s"]
                                              / out["gather"]["ff_train_examples_per_s"], 2)
-    env = environment("bfloat16")
+    env = environment(out["dtype"])
     out.update({"cpu": env["cpu"], "threads": env["torch_threads"], "torch": env["torch"],
                 "date": env["date"], "git_revision": env["git_revision"]})
     print(json.dumps(out, indent=2))
@@ -69,7 +71,8 @@ def measure(args: argparse.Namespace, impl: str) -> dict:
     torch.manual_seed(0)
     cfg = recipe.Config(batch_size=args.batch_size, local_impl=impl)
     b = args.batch_size
-    peak = gemm_peak(("bfloat16",), seconds=0.5)["peak_gflops"]["bfloat16"]
+    peak = gemm_peak((cfg.dtype,), seconds=0.5)["peak_gflops"][cfg.dtype]  # dtype=auto
+    tag = "bf16" if cfg.dtype == "bfloat16" else "fp32"
     x, y = torch.randn(b, 3072), torch.randint(0, 10, (b,))
 
     net = recipe.ff_net(cfg, args.depth)
@@ -102,13 +105,13 @@ def measure(args: argparse.Namespace, impl: str) -> dict:
     return {
         "iterations": cfg.iterations, "dtype": cfg.dtype,
         "local_macs_per_example": macs,
-        "bf16_gemm_peak_gflops": peak,
+        "gemm_peak_gflops": peak,
         "ff_train_examples_per_s": round(b / ff_s, 2),
-        "ff_train_fraction_of_bf16_peak": round(ff_gflops / peak, 4),
+        f"ff_train_fraction_of_{tag}_peak": round(ff_gflops / peak, 4),
         "ff_every_label_eval_examples_per_s": round(b / eval_s, 2),
-        "ff_every_label_eval_fraction_of_bf16_peak": round(eval_gflops / peak, 4),
+        f"ff_every_label_eval_fraction_of_{tag}_peak": round(eval_gflops / peak, 4),
         "bp_train_examples_per_s": round(b / bp_s, 1),
-        "bp_train_fraction_of_bf16_peak": round(bp_gflops / peak, 4),
+        f"bp_train_fraction_of_{tag}_peak": round(bp_gflops / peak, 4),
         "ff_epoch_seconds_estimate": round(n_train * ff_s / b, 0),
         "ff_test_eval_seconds_estimate": round(n_test * eval_s / b, 0),
         "bp_epoch_seconds_estimate": round(n_train * bp_s / b, 0),

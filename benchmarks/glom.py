@@ -21,7 +21,7 @@ import torch
 from mortal import config as configs
 from mortal.arch.glom import Glom
 from mortal.bench import gemm_peak, seconds_per_step
-from mortal.loop import autocast, make_optimizer
+from mortal.loop import autocast, make_optimizer, resolve_dtype
 from mortal.recipes import get
 from mortal.recipes.glom_parts import rule_of, spec_of
 from mortal.rules import glom as rule_mod
@@ -46,9 +46,10 @@ def main() -> None:
     p.add_argument("--recipe", default="glom-parts", choices=sorted(IMAGES))
     p.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = p.parse_args()
+    args.dtype = resolve_dtype(args.dtype)  # auto: bf16 where the matmul unit has it
     torch.set_num_threads(args.threads)
     recipe = get(args.recipe)
     sets = {"dtype": args.dtype}

@@ -5,7 +5,8 @@
 Measures in one run: the bf16/fp32 matmul peak at this RBM's shape, block-Gibbs sweeps per second
 (one sweep: v -> h -> v, two matmuls of batch x 784 x 500 plus sampling), CD-1 and CD-10
 training examples per second, and their matmul FLOP/s as fractions of the peak, each in fp32 and
-bf16. FLOPs: a Gibbs sweep does 2 matmuls (2 * 2 * b * n_vis * n_hid); a CD-k update does the
+bf16 (bf16 only where the matmul unit has it: emulated bf16 is not worth timing). FLOPs: a Gibbs
+sweep does 2 matmuls (2 * 2 * b * n_vis * n_hid); a CD-k update does the
 positive hidden pass, the reconstruction, k - 1 further sweeps, the final hidden pass and the two
 statistic matmuls: (2k + 3) matmuls of b x n_vis x n_hid.
 """
@@ -18,6 +19,7 @@ import json
 import torch
 
 from mortal.bench import gemm_peak, seconds_per_step
+from mortal.loop import native_bf16
 from mortal.rules import boltzmann as bz
 from mortal.runs import environment
 
@@ -31,14 +33,15 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     b, n_vis, n_hid = args.batch_size, 784, args.hidden
-    peak = gemm_peak(shapes=((b, n_vis, n_hid), (1000, 2000, 2000)))
+    dtypes = ("float32", "bfloat16") if native_bf16() else ("float32",)  # never emulated bf16
+    peak = gemm_peak(dtypes, shapes=((b, n_vis, n_hid), (1000, 2000, 2000)))
     rbm = bz.RBM.init(n_vis, n_hid, 0)
     g = torch.Generator().manual_seed(0)
     x = bz.bernoulli(torch.full((b, n_vis), 0.13), g)
     mm_flops = 2 * b * n_vis * n_hid
     out: dict = {"benchmark": "rbm", "batch_size": b, "n_vis": n_vis, "n_hid": n_hid,
                  "gemm_peak_gflops": peak["peak_gflops"], "gemm_shapes_gflops": peak["shapes"]}
-    for dtype in ("float32", "bfloat16"):
+    for dtype in dtypes:
         dt_peak = peak["peak_gflops"][dtype]
         chain = bz.GibbsChain(x.clone())
         s = seconds_per_step(lambda chain=chain, dtype=dtype: chain.run(rbm, 10, g, dtype),
