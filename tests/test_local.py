@@ -116,23 +116,30 @@ def test_hybrid_images_mix_two_images_through_the_mask():
 
 
 @needs_mnist
-@pytest.mark.parametrize("recipe,limit,bound", [("ff-unsupervised-mnist", 5000, 12.0),
-                                                ("ff-local-mnist", 5000, 12.0)])
-def test_unsupervised_recipes_learn(tmp_path, recipe, limit, bound):
-    """One epoch of FF with no labels on 5000 images; a softmax on its features beats 12 %."""
+@pytest.mark.parametrize("recipe,sets,bound,ff_acc", [
+    # the threshold loss starts slowly (layer 1 tells images from hybrids 52 % of the time after
+    # 20 steps, 69 % after 80): 2 epochs of 10,000 images; measured 10.34 % and 0.686
+    ("ff-unsupervised-mnist", ["epochs=2", "train_limit=10000", "widths=500,500,500,500"],
+     12.0, 0.6),
+    # pairwise loss (its record's): pairs told apart 55.3 % of the time over the first epoch
+    ("ff-local-mnist", ["epochs=1", "train_limit=5000"], 12.0, 0.52),
+])
+def test_unsupervised_recipes_learn(tmp_path, recipe, sets, bound, ff_acc):
+    """FF with no labels: layer 1 learns to tell real images from hybrids, and a softmax on the
+    features beats 12 %. (A random net's features give about 10 % on 10,000 images: that
+    bound checks the pipeline; telling images from hybrids is the learning.)"""
     from mortal.cli import main
 
     out = tmp_path / "r"
-    sets = ["epochs=1", f"train_limit={limit}", "softmax_epochs=10"]
-    if recipe == "ff-unsupervised-mnist":
-        sets.append("widths=500,500,500,500")
     args = ["run", recipe, "--quiet", "--out", str(out)]
-    for s in sets:
+    for s in [*sets, "softmax_epochs=10", "random_baseline=false"]:
         args += ["--set", s]
     assert main(args) == 0
     r = json.loads((out / "results.json").read_text())
     assert "test_error_goodness_pct" not in r  # no labels in the input: no mode (a)
     assert r["test_error_pct"] < bound
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["ff_acc_layer1"] > ff_acc
 
 
 def test_separate_phases_use_only_their_half_of_the_loss():
