@@ -70,3 +70,17 @@ def test_toml(tmp_path):
         C.load_toml(p)
     with pytest.raises(C.ConfigError, match="does not exist"):
         C.load_toml(tmp_path / "missing.toml")
+
+
+def test_paper_number_only_beside_the_paper_setting():
+    """results.json carries the paper's number only when the run is the paper's experiment: a
+    narrower net, fewer epochs or a subset is another experiment; a seed or dtype is not."""
+    from mortal.recipes import get
+    from mortal.recipes.common import paper_setting
+
+    r = get("ff-unsupervised-mnist")
+    assert paper_setting(r, r.config())
+    for same in ({"seed": 3}, {"dtype": "float32"}, {"loss": "pairwise"}):
+        assert paper_setting(r, C.build(r.config, same)), same
+    for other in ({"widths": "1000,1000,1000,1000"}, {"epochs": 10}, {"train_limit": 500}):
+        assert not paper_setting(r, C.build(r.config, other)), other

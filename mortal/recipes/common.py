@@ -26,12 +26,27 @@ def load_split(name: str, root: str | None, device: torch.device, limit: int = 0
     )
 
 
+# Config keys that make another experiment: a run that changes one (a narrower net, fewer
+# epochs, a subset) gets no paper number beside its own.
+SETTING_KEYS = ("widths", "local_layers", "epochs", "train_limit")
+
+
+def paper_setting(recipe: Any, cfg: Any) -> bool:
+    """Whether `cfg` runs the recipe's paper experiment: its dataset, all the training data and
+    the defaults of SETTING_KEYS (rule settings, seeds and dtype may differ)."""
+    defaults = recipe.config()
+    return (getattr(cfg, "dataset", recipe.dataset) == recipe.dataset
+            and not getattr(cfg, "train_limit", 0)
+            and all(getattr(cfg, k) == getattr(defaults, k) for k in SETTING_KEYS
+                    if hasattr(cfg, k) and hasattr(defaults, k)))
+
+
 def standard_results(recipe: Any, cfg: Any, run: Any, n_train: int, test_error_pct: float,
                      **extra: Any) -> dict[str, Any]:
     """The keys every results.json has, then recipe-specific extras."""
     seconds = run.train_seconds
     dataset = getattr(cfg, "dataset", recipe.dataset)
-    same_setting = dataset == recipe.dataset and not getattr(cfg, "train_limit", 0)
+    same_setting = paper_setting(recipe, cfg)
     return {
         "recipe": recipe.name,
         "dataset": dataset,
