@@ -18,10 +18,12 @@ declare -A cells=(
   [thr-nopeer]="--set loss=threshold --set temperature=1 --set peer_weight=0"
   [thr-lr1e-3]="--set loss=threshold --set temperature=1 --set lr=1e-3"
   [thr-blur12]="--set loss=threshold --set temperature=1 --set blur_steps=12"
+  [thr-theta0.5]="--set loss=threshold --set temperature=1 --set threshold=0.5"
   [thr-e30]="--set loss=threshold --set temperature=1 --set epochs=30"
   [full-e1]="--set widths=2000,2000,2000,2000 --set epochs=1 --set random_baseline=true"
 )
-names=("$@"); [ ${#names[@]} -gt 0 ] || names=(base threshold base-seed1 thr-seed1 thr-nopeer thr-lr1e-3 thr-blur12 thr-e30 full-e1)
+names=("$@"); [ ${#names[@]} -gt 0 ] || names=(base threshold base-seed1 thr-seed1 thr-theta0.5 thr-nopeer thr-lr1e-3 thr-blur12
+  thr-e30 full-e1)
 for name in "${names[@]}"; do
   [ -f "$out/$name/results.json" ] && continue
   # shellcheck disable=SC2086
