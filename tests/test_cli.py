@@ -185,3 +185,5 @@ def test_results_table_is_generated_from_run_directories(tmp_path):
     ours = json.loads((out / "results.json").read_text())["test_error_pct"]
     assert "| bp-mnist-mlp |" in text and f"{ours:.4g}" in text
     assert str(out) in text
+    # the setting column says how the run differs from the recipe's experiment
+    assert "| widths=64x2, epochs=1, train_limit=3000 |" in text
