@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from mortal.bench import gemm_peak
-from mortal.loop import autocast, make_optimizer
+from mortal.loop import DTYPE_TAGS, autocast, make_optimizer
 from mortal.recipes import ff_cifar10 as recipe
 from mortal.recipes import ff_recurrent_mnist as rec
 from mortal.runs import environment
@@ -72,7 +72,7 @@ def measure(args: argparse.Namespace, impl: str) -> dict:
     cfg = recipe.Config(batch_size=args.batch_size, local_impl=impl)
     b = args.batch_size
     peak = gemm_peak((cfg.dtype,), seconds=0.5)["peak_gflops"][cfg.dtype]  # dtype=auto
-    tag = "bf16" if cfg.dtype == "bfloat16" else "fp32"
+    tag = DTYPE_TAGS[cfg.dtype]
     x, y = torch.randn(b, 3072), torch.randint(0, 10, (b,))
 
     net = recipe.ff_net(cfg, args.depth)

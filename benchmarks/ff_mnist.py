@@ -36,7 +36,7 @@ from mortal import config as configs
 from mortal.arch.dense import MLP
 from mortal.bench import gemm_gflops, seconds_per_step
 from mortal.data.negatives import embed_label, wrong_labels
-from mortal.loop import DTYPES, autocast, make_optimizer, native_bf16, resolve_dtype
+from mortal.loop import DTYPE_TAGS, DTYPES, autocast, make_optimizer, native_bf16, resolve_dtype
 from mortal.recipes import ff_supervised_mnist as recipe
 from mortal.rules import ff
 from mortal.runs import environment
@@ -102,7 +102,7 @@ def main() -> None:
                    help="also time evaluation modes (a) and (b) on 10,000 images")
     args = p.parse_args()
     args.dtype = resolve_dtype(args.dtype)
-    tag = "bf16" if args.dtype == "bfloat16" else "fp32"
+    tag = DTYPE_TAGS[args.dtype]
     sets = {"dtype": args.dtype}
     if args.batch_size:
         sets["batch_size"] = str(args.batch_size)

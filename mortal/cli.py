@@ -34,8 +34,8 @@ def _run_dir(args: argparse.Namespace, recipe: str) -> Path:
     """--out, else with --resume the newest runs/RECIPE-*, else a new runs/RECIPE-TIME."""
     if args.out:
         return Path(args.out)
-    if args.resume and _latest_run(recipe):
-        return _latest_run(recipe)
+    if args.resume and (latest := _latest_run(recipe)):
+        return latest
     return Path("runs") / f"{recipe}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 

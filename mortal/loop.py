@@ -10,6 +10,8 @@ import numpy as np
 import torch
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+# short names for metric and benchmark keys, e.g. "bf16_gemm_gflops"
+DTYPE_TAGS = {"bfloat16": "bf16", "float32": "fp32", "float16": "fp16"}
 
 
 def seed_everything(seed: int) -> None:

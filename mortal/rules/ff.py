@@ -54,6 +54,7 @@ from mortal.data.negatives import (
     wrong_labels,
 )
 from mortal.loop import (
+    DTYPE_TAGS,
     DTYPES,
     autocast,
     epoch_order,
@@ -790,7 +791,7 @@ def train(net: FFNet, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torc
                else [p.detach().clone() for p in net.layers.parameters()])
     compile_seconds = _warm_up(net, x_train, y_train, cfg) if net.fuse == "compiled" else 0.0
     probes: list[float] = []  # matmul GFLOP/s in the run's dtype, measured at each evaluation
-    probe = f"{'bf16' if net.rule.dtype == 'bfloat16' else 'fp32'}_gemm_gflops"
+    probe = f"{DTYPE_TAGS[net.rule.dtype]}_gemm_gflops"
     for epoch in range(start, cfg.epochs):
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         if (cfg.supervised and cfg.hard_negatives_every and epoch > 0 and online is None
