@@ -94,11 +94,19 @@ def neg_sum_squares(h: torch.Tensor) -> torch.Tensor:
     return -sum_squares(h)
 
 
+def sum_activities(h: torch.Tensor) -> torch.Tensor:
+    """Goodness that positive data should make high: the plain sum of activities (the L1 norm
+    of non-negative units). Unlike the sum of squares, its gradient does not vanish at zero
+    activity, so with a straight-through ReLU a silenced unit still gets pushed back up."""
+    return h.flatten(1).sum(1, dtype=torch.float32)
+
+
 # name -> (goodness function, sign of the threshold). The threshold is `threshold` per unit,
-# so a layer of n units compares sum-of-squares against n * threshold (the paper code's choice).
+# so a layer of n units compares its goodness against n * threshold (the paper code's choice).
 GOODNESS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], float]] = {
     "sumsq": (sum_squares, 1.0),
     "neg_sumsq": (neg_sum_squares, -1.0),
+    "sum": (sum_activities, 1.0),
 }
 
 
