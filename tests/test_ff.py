@@ -28,13 +28,16 @@ def test_goodness_hand_computed():
     # Works on any activity shape: goodness sums over everything but the batch dimension.
     assert ff.sum_squares(torch.ones(2, 3, 4, 5)).tolist() == pytest.approx([60.0, 60.0])
     assert ff.sum_activities(h).tolist() == [3.0, 3.0]
+    assert ff.sum_squares_plus_sum(h).tolist() == [8.0, 12.0]
 
 
 def test_sum_goodness_pushes_silent_units_back():
     # A unit off (pre-activation -1) gets no gradient from the sum of squares (2h = 0) but a
-    # unit push from the sum of activities, through the straight-through ReLU.
+    # unit push from the sum of activities (and from sum(h^2 + h): 2h + 1), through the
+    # straight-through ReLU.
     from mortal.arch.dense import relu_st
-    for fn, expected in ((ff.sum_squares, [0.0, 4.0]), (ff.sum_activities, [1.0, 1.0])):
+    for fn, expected in ((ff.sum_squares, [0.0, 4.0]), (ff.sum_activities, [1.0, 1.0]),
+                         (ff.sum_squares_plus_sum, [1.0, 5.0])):
         z = torch.tensor([[-1.0, 2.0]], requires_grad=True)
         fn(relu_st(z)).sum().backward()
         assert z.grad.tolist() == [expected]

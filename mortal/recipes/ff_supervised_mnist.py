@@ -37,7 +37,7 @@ class Config:
     momentum: float = 0.9
     weight_decay: float = 3e-4
     schedule: Literal["cooldown", "constant", "linear", "cosine"] = "cooldown"
-    goodness: Literal["sumsq", "neg_sumsq", "sum"] = "sumsq"
+    goodness: Literal["sumsq", "neg_sumsq", "sum", "sumsq_sum"] = "sumsq"
     loss: Literal["threshold", "pairwise"] = "pairwise"
     threshold: float = 1.0
     temperature: float = 5.0

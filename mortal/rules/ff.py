@@ -101,12 +101,19 @@ def sum_activities(h: torch.Tensor) -> torch.Tensor:
     return h.flatten(1).sum(1, dtype=torch.float32)
 
 
+def sum_squares_plus_sum(h: torch.Tensor) -> torch.Tensor:
+    """Goodness sum(h^2 + h): the sum of squares' preference for strongly active units (gradient
+    2h + 1) without its dead zone at zero activity (gradient 1 there, as for the plain sum)."""
+    return sum_squares(h) + sum_activities(h)
+
+
 # name -> (goodness function, sign of the threshold). The threshold is `threshold` per unit,
 # so a layer of n units compares its goodness against n * threshold (the paper code's choice).
 GOODNESS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], float]] = {
     "sumsq": (sum_squares, 1.0),
     "neg_sumsq": (neg_sum_squares, -1.0),
     "sum": (sum_activities, 1.0),
+    "sumsq_sum": (sum_squares_plus_sum, 1.0),
 }
 
 
