@@ -17,9 +17,12 @@ Evaluation of both FF classification modes is timed on 10,000 images.
 elsewhere; the peaks, the paired blocks and the key names (`..._of_bf16_peak` or
 `..._of_fp32_peak`) follow it. Emulated bf16 (about 1 % of fp32's speed) is never timed.
 
-FLOPs counted: FF, per layer and example, a forward and a weight-gradient matmul for each of the
-positive and negative copies (8 * fan_in * fan_out); backprop, forward, weight gradient and
-input gradient (6 * fan_in * fan_out; the first layer needs no input gradient).
+FLOPs counted are those the step performs: FF, per layer and example, a forward and a
+weight-gradient matmul for each of the positive and negative copies (8 * fan_in * fan_out),
+except that the first layer computes the image part shared by a positive and its negative once
+(as a full run does: `label_width`), so 4 * (784 - 10) * 2000 + 8 * 10 * 2000 there; backprop,
+forward, weight gradient and input gradient (6 * fan_in * fan_out; the first layer needs no
+input gradient).
 """
 
 from __future__ import annotations
@@ -42,8 +45,13 @@ from mortal.rules import ff
 from mortal.runs import environment
 
 
-def ff_flops_per_example(dims: list[int]) -> float:
-    return sum(8.0 * a * b for a, b in zip(dims[:-1], dims[1:], strict=True))
+def ff_flops_per_example(dims: list[int], label_width: int = 0) -> float:
+    """Matmul FLOPs of one FF step per positive example; with label_width k the first layer's
+    shared image part (all but k inputs) is multiplied once per pair."""
+    layers = list(zip(dims[:-1], dims[1:], strict=True))
+    a, b = layers[0]
+    first = 4.0 * (a - label_width) * b + 8.0 * label_width * b if label_width else 8.0 * a * b
+    return first + sum(8.0 * a * b for a, b in layers[1:])
 
 
 def bp_flops_per_example(dims: list[int], n_classes: int = 10) -> float:
@@ -52,16 +60,26 @@ def bp_flops_per_example(dims: list[int], n_classes: int = 10) -> float:
 
 
 def paired_fractions(step, flops: float, dims: list[int], rows: int, pairs: int,
-                     dtype: str = "bfloat16") -> tuple[list[float], list[float]]:
+                     dtype: str = "bfloat16", label_width: int = 0
+                     ) -> tuple[list[float], list[float]]:
     """For each of `pairs` FF steps, its FLOP/s over that of an adjacent block of square
     matmuls of equal FLOPs in `dtype`, and over the step's own matmuls (same shapes) run alone;
     the order within each pair alternates so drift favours neither side."""
     bf = DTYPES[dtype]
     sq_a, sq_b = torch.randn(2000, 2000).to(bf), torch.randn(2000, 2000).to(bf)
     n_sq = max(1, round(flops / (2 * 2000**3)))
-    # the fused step's matmuls: forward W x^T (units, N) and weight gradient dz x (units, fan_in)
-    own = [(torch.randn(b, a).to(bf), torch.randn(a, rows).to(bf), torch.randn(b, rows).to(bf),
-            torch.randn(rows, a).to(bf)) for a, b in zip(dims[:-1], dims[1:], strict=True)]
+    # the fused step's matmuls: forward W x^T (units, N) and weight gradient dz x (units,
+    # fan_in); with label_width, the first layer's shared image part on rows / 2 columns and
+    # its label part on all rows
+    def mms(a: int, b: int, n: int) -> tuple[torch.Tensor, ...]:
+        return (torch.randn(b, a).to(bf), torch.randn(a, n).to(bf), torch.randn(b, n).to(bf),
+                torch.randn(n, a).to(bf))
+
+    layers = list(zip(dims[:-1], dims[1:], strict=True))
+    own = [mms(a, b, rows) for a, b in layers[1:]]
+    a, b = layers[0]
+    own += ([mms(a - label_width, b, rows // 2), mms(label_width, b, rows)] if label_width
+            else [mms(a, b, rows)])
 
     def square() -> None:
         for _ in range(n_sq):
@@ -73,7 +91,7 @@ def paired_fractions(step, flops: float, dims: list[int], rows: int, pairs: int,
             torch.mm(dz, x)
 
     sq_flops = n_sq * 2 * 2000**3
-    own_flops = sum(2 * (w.shape[0] * w.shape[1] * rows) * 2 for w, _, _, _ in own)
+    own_flops = sum(2 * (w.shape[0] * w.shape[1] * xt.shape[1]) * 2 for w, xt, _, _ in own)
     to_square, to_own = [], []
     for k in range(pairs):
         times = {}
@@ -125,8 +143,10 @@ def main() -> None:
     mlp = MLP(784, cfg.widths, 10)
     opt = make_optimizer("adam", mlp.parameters(), 1e-3)
 
+    k = ff.label_width(recipe.training(cfg))  # the image part shared by pos and neg, as in a run
+
     def ff_step() -> None:
-        net.train_step(x_pos, x_neg)
+        net.train_step(x_pos, x_neg, label_width=k)
 
     def ff_eager_step() -> None:
         eager.train_step(x_pos, x_neg)
@@ -149,8 +169,8 @@ def main() -> None:
     pair_sq: list[float] = []
     pair_own: list[float] = []
     for _ in range(args.rounds):
-        sq, own = paired_fractions(ff_step, ff_flops_per_example(dims) * b, dims, 2 * b,
-                                   args.steps, args.dtype)
+        sq, own = paired_fractions(ff_step, ff_flops_per_example(dims, k) * b, dims, 2 * b,
+                                   args.steps, args.dtype, k)
         pair_sq += sq
         pair_own += own
         fp32 = peak("float32", shapes if tag == "fp32" else shapes[:1], 0.15)
@@ -158,7 +178,7 @@ def main() -> None:
         ff_s = seconds_per_step(ff_step, args.steps)
         eager_s = seconds_per_step(ff_eager_step, args.steps)
         bp_s = seconds_per_step(bp_step, args.steps)
-        ff_gflops = ff_flops_per_example(dims) * b / ff_s / 1e9
+        ff_gflops = ff_flops_per_example(dims, k) * b / ff_s / 1e9
         bp_gflops = bp_flops_per_example(dims) * b / bp_s / 1e9
         rounds.append({"run_peak": run_peak, "fp32_peak": fp32, "ff_ex_s": b / ff_s,
                        "ff_eager_ex_s": b / eager_s,

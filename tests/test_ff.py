@@ -399,6 +399,54 @@ def test_online_hard_negatives_never_true_and_resume_exactly(tmp_path):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("loss,peer,act,fuse", [
+    ("pairwise", 0.03, "relu_st", "eager"), ("threshold", 0.0, "relu", "eager"),
+    ("pairwise", 0.03, "relu", "on"),
+])
+def test_shared_first_layer_equals_reference(loss, peer, act, fuse, monkeypatch):
+    """Positives and negatives that differ only in their label features: the fused step that
+    computes the first layer's image part once per pair (label_width) gives the reference
+    step's losses, weights and Adam state (fp32, eager and compiled)."""
+    from mortal.rules import ff_fused
+    calls = []
+    step = ff_fused.first_layer_step
+    monkeypatch.setattr(ff_fused, "first_layer_step",
+                        lambda *a, **k: calls.append(1) or step(*a, **k))
+    torch.manual_seed(7)
+    batches = []
+    for _ in range(3):
+        img = torch.rand(16, 20)
+        img[:, :4] = 0
+        y, y_neg = torch.randint(0, 4, (16,)), torch.randint(0, 4, (16,))
+        pos, neg = img.clone(), img.clone()
+        pos[torch.arange(16), y] = 1.0
+        neg[torch.arange(16), y_neg] = 1.0
+        batches.append((pos, neg))
+
+    def make(f):
+        torch.manual_seed(8)
+        rule = ff.FFRule(loss=loss, lr=0.01, dtype="float32", peer_weight=peer, fuse=f,
+                         optimizer="adam", weight_decay=1e-3, temperature=2.0)
+        return ff.FFNet(dense_stack(20, (12, 8), act, "fan_out"), rule)
+
+    ref, shared = make("off"), make(fuse)
+    for pos, neg in batches:
+        sr = ref.train_step(pos, neg, label_width=4)  # ignored by the reference step
+        ss = shared.train_step(pos, neg, label_width=4)
+        for a, b in zip(sr, ss, strict=True):
+            assert a["loss"].item() == pytest.approx(b["loss"].item(), rel=1e-4)
+            assert a["acc"].item() == b["acc"].item()
+    assert len(calls) == 3  # the shared step ran (the reference never calls it)
+    for a, b in zip(ref.parameters(), shared.parameters(), strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+    for oa, ob in zip(ref.optimizers, shared.optimizers, strict=True):
+        sa, sb = oa.state_dict()["state"], ob.state_dict()["state"]
+        for k in sa:
+            assert torch.allclose(sa[k]["exp_avg"], sb[k]["exp_avg"], rtol=1e-3, atol=1e-6)
+            assert torch.allclose(sa[k]["exp_avg_sq"], sb[k]["exp_avg_sq"], rtol=1e-3,
+                                  atol=1e-9)
+
+
 @pytest.mark.parametrize("loss,phase,peer,act", [
     ("pairwise", "both", 0.03, "relu_st"), ("threshold", "both", 0.03, "relu"),
     ("threshold", "pos", 0.03, "relu_st"), ("threshold", "neg", 0.0, "relu"),

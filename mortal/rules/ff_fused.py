@@ -17,6 +17,11 @@ activity or a 2000 x 2000 weight; here the first two are functions of one pass e
             checkpoints are the same whichever path ran.
 
 Activities are feature-major: (units, N) matrices, positives in the first n columns.
+
+Supervised FF's positive and negative copies of an image differ only in the label pixels, so
+the first layer computes the image's part once for both (`first_layer_step`): the image half
+of its forward and weight-gradient matmuls is done on n columns instead of 2n, exactly (up to
+rounding), which saves about 6 % of the FLOPs of the paper's 4x2000 net.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from collections.abc import Callable
 import torch
 
 from mortal.arch.dense import Dense
+from mortal.loop import DTYPES
 
 
 def post_forward(z: torch.Tensor, b: torch.Tensor, n: int
@@ -52,7 +58,42 @@ def pre_weight_grad(h: torch.Tensor, c: torch.Tensor, peer: torch.Tensor, n: int
     return dz.to(h.dtype), dz.sum(1), (hf * scale[None, :]).to(h.dtype)
 
 
-KERNELS: dict[str, Callable] = {"post": post_forward, "pre": pre_weight_grad}
+def post_forward_shared(u: torch.Tensor, lab: torch.Tensor, s: torch.Tensor, b: torch.Tensor,
+                        n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`post_forward` for a first layer whose n positive and n negative inputs share their
+    image part: z_j = s_j (u_j + lab_j), u (units, n) the shared part's matmul (the same for
+    column j and j + n), lab (units, 2n) the label part's, s (2n,) each input's normalising
+    scale."""
+    uf = u.float()
+    zp = (uf + lab[:, :n].float()) * s[None, :n]
+    zn = (uf + lab[:, n:].float()) * s[None, n:]
+    bf = b.float()[:, None]
+    hp, hn = torch.relu(zp + bf), torch.relu(zn + bf)
+    h = torch.cat([hp, hn], 1).to(u.dtype)
+    hf = h.float()
+    return h, (hf * hf).sum(0), hf[:, :n].mean(1)
+
+
+def pre_weight_grad_shared(h: torch.Tensor, c: torch.Tensor, peer: torch.Tensor, n: int,
+                           scale: torch.Tensor, s: torch.Tensor, straight_through: bool
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`pre_weight_grad` for the shared first layer: besides the bias gradient and the next
+    input, dz scaled by each input's normalising scale s (units, 2n), for the label part's
+    weight gradient, and that summed over each positive and its negative (units, n), for the
+    shared image part's."""
+    hf = h.float()
+    pos = (torch.arange(h.shape[1], device=h.device) < n).to(torch.float32)
+    dz = hf * c[None, :] + peer[:, None] * pos[None, :]
+    if not straight_through:
+        dz = torch.where(hf > 0, dz, torch.zeros_like(dz))
+    dzs = dz * s[None, :]
+    return (dzs.to(h.dtype), (dzs[:, :n] + dzs[:, n:]).to(h.dtype), dz.sum(1),
+            (hf * scale[None, :]).to(h.dtype))
+
+
+KERNELS: dict[str, Callable] = {"post": post_forward, "pre": pre_weight_grad,
+                                "post_shared": post_forward_shared,
+                                "pre_shared": pre_weight_grad_shared}
 _compiled: dict[str, Callable] = {}
 _failed = False
 
@@ -81,14 +122,16 @@ def call(name: str, compiled: bool, *args, **kwargs):
         return KERNELS[name](*args, **kwargs)
 
 
-def supports(layer: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor) -> bool:
+def supports(layer: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
+             feature_major: bool | None = None) -> bool:
     """Whether the fused step applies: a plain Dense ReLU layer on a CPU, trained by Adam, its
-    input feature-major."""
+    input feature-major (or, for the shared first layer, about to be made so)."""
     from mortal.arch.dense import feature_major_view
 
     return (type(layer) is Dense and layer.act_name in ("relu", "relu_st")
             and type(opt) is torch.optim.Adam and not opt.param_groups[0]["amsgrad"]
-            and x.device.type == "cpu" and feature_major_view(x))
+            and x.device.type == "cpu"
+            and (feature_major_view(x) if feature_major is None else feature_major))
 
 
 class DenseState:
@@ -167,6 +210,55 @@ def layer_step(net, i: int, x: torch.Tensor, n: int, phase: str, compiled: bool
         dz, gb, x_next = call("pre", compiled, h, c, peer, n_pos, scale,
                               layer.act_name == "relu_st")
         gw = torch.mm(dz, xt.t())
+        adam_step(opt, w, gw, state.low)
+        state.updated(w)
+        adam_step(opt, b, gb, None)
+        if hasattr(layer, "constrain_"):
+            layer.constrain_()
+    return hv, g, loss, x_next.t()
+
+
+def first_layer_step(net, x_pos: torch.Tensor, x_neg: torch.Tensor, k: int, compiled: bool
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Layer 0's whole FF step for positives x_pos and negatives x_neg (N, D, batch-major, not
+    yet normalised) that differ only in their first k features (the embedded label): the same
+    maths as `layer_step` on the normalised, concatenated batch, with the image part of both
+    matmuls computed once for each pair. Returns what `layer_step` returns."""
+    layer, opt = net.layers[0], net.optimizers[0]
+    w, b = layer.linear.weight, layer.linear.bias
+    dtype = DTYPES[net.rule.dtype]
+    state = net.__dict__.setdefault("_fused_states", {}).setdefault(0, DenseState())
+    n, d = x_pos.shape
+    with torch.no_grad():
+        rest = x_pos[:, k:]
+        labels = torch.cat([x_pos[:, :k], x_neg[:, :k]])  # (2n, k)
+        ss_rest = rest.float().square().sum(1)
+        ss = torch.cat([ss_rest, ss_rest]) + labels.float().square().sum(1)
+        s = 1.0 / ((ss / d).sqrt() + 1e-8)  # `normalise`'s scale of each input
+        rest_t = rest.t().to(dtype)  # (D - k, n) storage, like every feature-major input
+        rest_t = torch.empty_like(rest_t, memory_format=torch.contiguous_format).copy_(rest_t)
+        labels_t = labels.t().to(dtype).contiguous()  # (k, 2n)
+        low = state.weight(w, dtype)
+        u = torch.mm(low[:, k:], rest_t)
+        lab = torch.mm(low[:, :k], labels_t)
+        peer_on = net.rule.peer_weight > 0
+        n_pos = n if peer_on else 0
+        h, ss_h, pm = call("post_shared", compiled, u, lab, s, b.detach(), n)
+    sign = net.sign_of_sum_squares
+    g = (sign * ss_h).requires_grad_()
+    pm = pm.requires_grad_() if peer_on else None
+    hv = h.t()
+    loss, total = net._objective(g, pm, hv, n, "both", 0)
+    grads = torch.autograd.grad(total, [g] if pm is None else [g, pm])
+    with torch.no_grad():
+        c = (2.0 * sign) * grads[0]
+        peer = grads[1] / n_pos if pm is not None else torch.zeros(h.shape[0])
+        scale = 1.0 / ((ss_h / h.shape[0]).sqrt() + 1e-8)
+        dzs, dz_pairs, gb, x_next = call("pre_shared", compiled, h, c, peer, n, scale, s,
+                                         layer.act_name == "relu_st")
+        gw = torch.empty_like(w)
+        gw[:, k:] = torch.mm(dz_pairs, rest_t.t())
+        gw[:, :k] = torch.mm(dzs, labels_t.t())
         adam_step(opt, w, gw, state.low)
         state.updated(w)
         adam_step(opt, b, gb, None)
