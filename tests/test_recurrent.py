@@ -105,3 +105,43 @@ def test_fixed_image_part_is_reused_with_the_same_losses_and_gradients(depth, im
     with torch.no_grad():
         g = [rec.goodness_by_iteration(net, x, cfg, 3) for net in nets]
     torch.testing.assert_close(g[0], g[1])
+
+
+@pytest.mark.parametrize("loss,act,widths", [
+    ("pairwise", "relu", (8, 6)), ("threshold", "relu_st", (8, 6, 5)), ("pairwise", "relu", (7,)),
+])
+def test_fast_gradients_equal_autograd(loss, act, widths):
+    """mortal.rules.ff_recurrent's hand-written step gives the reference's losses and weight
+    and bias gradients (autograd through layer_losses), fp32."""
+    from mortal.rules import ff_recurrent
+
+    torch.manual_seed(0)
+    cfg = rec.Config(widths=widths, iterations=4, dtype="float32", loss=loss, temperature=2.0)
+    net = RecurrentStack(20, cfg.widths, act=act)
+    assert ff_recurrent.supports(net)
+    x, y = torch.rand(6, 20), torch.randint(0, 10, (6,))
+    y_neg = (y + torch.randint(1, 10, (6,))) % 10
+    ref = rec.layer_losses(net, x, y, y_neg, cfg)
+    sum(ref).backward()
+    want = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad(set_to_none=True)
+    got = ff_recurrent.layer_gradients(net, x, y, y_neg, cfg)
+    for a, b in zip(ref, got, strict=True):
+        assert a.item() == pytest.approx(b.item(), rel=1e-5)
+    for a, p in zip(want, net.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, a, rtol=1e-4, atol=1e-6)
+
+
+def test_fast_goodness_equals_reference():
+    """Every label's goodness at every iteration: the one-run fast path (image part once for all
+    labels) equals the reference's run per label, fp32."""
+    from mortal.rules import ff_recurrent
+
+    torch.manual_seed(0)
+    cfg = rec.Config(widths=(8, 6), iterations=5, dtype="float32", impl="reference")
+    net = RecurrentStack(20, cfg.widths)
+    x = torch.rand(7, 20)
+    want = rec.goodness_by_iteration(net, x, cfg, 5, batch_size=4)
+    got = ff_recurrent.goodness_by_iteration(net, x, cfg, 5)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert rec.fast(net, rec.Config()) and not rec.fast(net, cfg)

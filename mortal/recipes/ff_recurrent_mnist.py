@@ -35,7 +35,7 @@ from mortal.loop import (
 )
 from mortal.recipes import Recipe, register
 from mortal.recipes.common import load_split, standard_results
-from mortal.rules import ff
+from mortal.rules import ff, ff_recurrent
 from mortal.runs import check_finite
 
 
@@ -63,6 +63,9 @@ class Config:
     hard_negatives_every: int = 5  # epochs between hard-negative tables (0 = uniform wrong labels)
     eval_every: int = 10
     eval_limit: int = 0  # test images for the periodic evaluations (0 = all); the final uses all
+    # "fast": hand-written passes (mortal/rules/ff_recurrent.py) where they apply (dense
+    # stacks); "reference": autograd through `layer_losses` (same maths, slower)
+    impl: Literal["fast", "reference"] = "fast"
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bf16 if native
     device: str = "auto"
     seed: int = 0
@@ -131,14 +134,24 @@ def update(opts: list[torch.optim.Optimizer], losses: list[torch.Tensor]) -> tor
     return torch.stack([v.detach().float() for v in losses]).cpu()
 
 
+def fast(net: torch.nn.Module, cfg: Any) -> bool:
+    """Whether the hand-written passes of mortal.rules.ff_recurrent run this net."""
+    return getattr(cfg, "impl", "reference") == "fast" and ff_recurrent.supports(net)
+
+
 @torch.no_grad()
 def goodness_by_iteration(net: RecurrentStack, x: torch.Tensor, cfg: Config, iterations: int,
-                          batch_size: int = 1000) -> torch.Tensor:
+                          batch_size: int = 1000, compiled: bool = False) -> torch.Tensor:
     """(N, 10, iterations): for each label, the goodness summed over the hidden layers at
-    each iteration of a run with that label clamped."""
+    each iteration of a run with that label clamped (`compiled`: the fast path's elementwise
+    passes through torch.compile)."""
     out = torch.empty(len(x), 10, iterations, device=x.device)
     for i in range(0, len(x), batch_size):
         xb = x[i : i + batch_size]
+        if fast(net, cfg):
+            out[i : i + len(xb)] = ff_recurrent.goodness_by_iteration(
+                net, xb, cfg, iterations, compiled=compiled)
+            continue
         for c in range(10):
             y = one_hot(torch.full((len(xb),), c, device=x.device), cfg.label_value)
             with autocast(x.device, cfg.dtype):
@@ -148,15 +161,17 @@ def goodness_by_iteration(net: RecurrentStack, x: torch.Tensor, cfg: Config, ite
     return out
 
 
-def goodness_scores(net: RecurrentStack, x: torch.Tensor, cfg: Config) -> torch.Tensor:
+def goodness_scores(net: RecurrentStack, x: torch.Tensor, cfg: Config,
+                    compiled: bool = False) -> torch.Tensor:
     """(N, 10): goodness summed over the hidden layers and iterations score_from..score_to."""
-    g = goodness_by_iteration(net, x, cfg, cfg.score_to)
+    g = goodness_by_iteration(net, x, cfg, cfg.score_to, compiled=compiled)
     return g[:, :, cfg.score_from - 1 :].sum(2)
 
 
-def error_pct(net: RecurrentStack, x: torch.Tensor, y: torch.Tensor, cfg: Config) -> float:
+def error_pct(net: RecurrentStack, x: torch.Tensor, y: torch.Tensor, cfg: Config,
+              compiled: bool = False) -> float:
     """Test error (%) of classification by goodness."""
-    return ff.error_pct(goodness_scores(net, x, cfg).argmax(1), y)
+    return ff.error_pct(goodness_scores(net, x, cfg, compiled).argmax(1), y)
 
 
 def train(cfg: Config, run: Any) -> dict[str, Any]:
@@ -175,13 +190,16 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
             opt.load_state_dict(s)
         y_neg_table = state.get("y_neg_table")
     steps = len(data.x_train) // cfg.batch_size
+    # the fast path's elementwise passes compiled, on long runs on a CPU (as ff.train does)
+    compiled = (fast(net, cfg) and device.type == "cpu"
+                and cfg.epochs * steps >= ff.FUSE_MIN_STEPS)
     x_eval = data.x_test[: cfg.eval_limit] if cfg.eval_limit else data.x_test
     y_eval = data.y_test[: cfg.eval_limit] if cfg.eval_limit else data.y_test
     for epoch in range(start, cfg.epochs):
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         if cfg.hard_negatives_every and epoch > 0 and epoch % cfg.hard_negatives_every == 0:
             with run.timed():  # wrong labels in proportion to the net's own beliefs
-                scores = goodness_scores(net, data.x_train, cfg)
+                scores = goodness_scores(net, data.x_train, cfg, compiled)
                 y_neg_table = hard_wrong_labels(scores / scores.std(), data.y_train, g)
         order = epoch_order(len(data.x_train), cfg.seed, epoch, device)
         sums = torch.zeros(len(net.layers))
@@ -194,20 +212,31 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
                 idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
                 y = data.y_train[idx]
                 y_neg = y_neg_table[idx] if y_neg_table is not None else wrong_labels(y, 10, g)
-                losses = layer_losses(net, data.x_train[idx], y, y_neg, cfg)
+                if fast(net, cfg):  # the same gradients without autograd
+                    for opt in opts:
+                        opt.zero_grad(set_to_none=True)
+                    losses = ff_recurrent.layer_gradients(net, data.x_train[idx], y, y_neg,
+                                                          cfg, compiled)
+                else:
+                    losses = layer_losses(net, data.x_train[idx], y, y_neg, cfg)
                 check_finite({f"layer {j + 1} loss": v for j, v in enumerate(losses)}, step,
                              "the recurrent FF network")
-                sums += update(opts, losses)
+                if fast(net, cfg):
+                    for opt in opts:
+                        opt.step()
+                    sums += torch.stack(losses).float()
+                else:
+                    sums += update(opts, losses)
         row: dict[str, Any] = {"epoch": epoch + 1, "seconds": round(run.train_seconds, 2),
                                **{f"loss_layer{j + 1}": float(v / steps)
                                   for j, v in enumerate(sums)}}
         if (epoch + 1) % cfg.eval_every == 0 and epoch + 1 < cfg.epochs:
-            row["test_error_pct"] = error_pct(net, x_eval, y_eval, cfg)
+            row["test_error_pct"] = error_pct(net, x_eval, y_eval, cfg, compiled)
         run.log(**row)
         run.save(epoch + 1, {"net": net.state_dict(),
                              "optimizers": [o.state_dict() for o in opts],
                              **({"y_neg_table": y_neg_table} if y_neg_table is not None else {})})
-    g = goodness_by_iteration(net, data.x_test, cfg, cfg.iterations)
+    g = goodness_by_iteration(net, data.x_test, cfg, cfg.iterations, compiled=compiled)
     test_error = ff.error_pct(g[:, :, cfg.score_from - 1 : cfg.score_to].sum(2).argmax(1),
                               data.y_test)
     # how the answer forms over the iterations: classify by one iteration's goodness

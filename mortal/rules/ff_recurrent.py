@@ -1,0 +1,219 @@
+"""FF on the dense recurrent stack (`mortal.arch.recurrent.RecurrentStack`, §4 of the FF
+paper) in hand-written passes: the same maths as `ff_recurrent_mnist.layer_losses` (autograd,
+the reference) and `goodness_by_iteration`, arranged for speed.
+
+* Feature-major: every state is a (units, N) matrix, so each matmul is a plain W @ X.
+* The image is the same at every iteration, and the same for a positive and its negative (and
+  for all ten labels when classifying), so the first layer's image part W_x norm(x) is
+  computed once per run on n columns, and its weight gradient once per step from dz summed
+  over iterations and over each positive / negative pair.
+* The weight gradients of all iterations are one matmul per weight: each iteration's dz and
+  input are kept in (units, iterations, N) buffers.
+* No autograd graph: d loss / d z is written out (sum-of-squares goodness, the damped ReLU
+  update), with autograd only on the per-example goodness for the loss's own derivative.
+
+`supports` says when this path applies (the recipe falls back to the reference otherwise);
+`tests/test_recurrent.py` checks both give the same losses and gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from mortal.arch.dense import Dense
+from mortal.arch.recurrent import RecurrentStack
+from mortal.loop import DTYPES
+from mortal.rules import ff, ff_fused
+
+
+def supports(net: torch.nn.Module) -> bool:
+    """A plain dense RecurrentStack of Dense ReLU layers (not the local maps of ff-cifar10)."""
+    return type(net) is RecurrentStack and all(
+        type(layer) is Dense and layer.act_name in ("relu", "relu_st") for layer in net.layers)
+
+
+def _scale(ss: torch.Tensor, units: int) -> torch.Tensor:
+    """`ff.normalise`'s per-column scale from the columns' sums of squares."""
+    return 1.0 / ((ss / units).sqrt() + 1e-8)
+
+
+def _norm_cols(s: torch.Tensor) -> torch.Tensor:
+    """Each column of s (units, N) scaled to root-mean-square 1, in s's dtype."""
+    sf = s.float()
+    return (sf * _scale(sf.square().sum(0), s.shape[0])[None, :]).to(s.dtype)
+
+
+def _pre_activation(za: torch.Tensor, zb: torch.Tensor, b: torch.Tensor, reps: int
+                    ) -> torch.Tensor:
+    """z + b in fp32 from the above part za (units, N) and the below part zb (units, N / reps,
+    repeated: the image part is shared by the runs of an image)."""
+    return za.float() + zb.float().repeat(1, reps) + b[:, None]
+
+
+def update_state(za: torch.Tensor, zb: torch.Tensor, b: torch.Tensor, s: torch.Tensor,
+                 damping: float, reps: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The damped update h = d s + (1 - d) relu(z + b) in s's dtype, each column's sum of
+    squares of h (the goodness) and h normalised (the next iteration's input), in one pass."""
+    h = (damping * s.float() + (1.0 - damping) * torch.relu(_pre_activation(za, zb, b, reps))
+         ).to(s.dtype)
+    hf = h.float()
+    ss = (hf * hf).sum(0)
+    return h, ss, (hf * _scale(ss, h.shape[0])[None, :]).to(h.dtype)
+
+
+def state_gradient(h: torch.Tensor, za: torch.Tensor, zb: torch.Tensor, b: torch.Tensor,
+                   c: torch.Tensor, damping: float, reps: int, relu: bool, pairs: bool
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """d loss / d z = 2 c h (1 - d) relu'(z) for goodness gradient c (N,): in h's dtype, its
+    sum over columns (the bias gradient) and, with `pairs`, each positive's plus its
+    negative's (columns j and j + N/2; for the shared image part), fp32."""
+    dz = (2.0 * (1.0 - damping)) * h.float() * c[None, :]
+    if relu:
+        dz = torch.where(_pre_activation(za, zb, b, reps) > 0, dz, torch.zeros_like(dz))
+    half = h.shape[1] // 2
+    pair = dz[:, :half] + dz[:, half:] if pairs else dz[:, :0]
+    return dz.to(h.dtype), dz.sum(1), pair
+
+
+ff_fused.KERNELS.update({"recurrent_update": update_state, "recurrent_grad": state_gradient})
+
+
+class _Weights:
+    """The layers' weights split by input block, in the compute dtype: for layer l, `below`
+    (the image for l = 0) and `above` (the next layer, or the label vector on top)."""
+
+    def __init__(self, net: RecurrentStack, d_in: int, dt: torch.dtype) -> None:
+        self.below, self.above, self.bias = [], [], []
+        widths = net.widths
+        for j, layer in enumerate(net.layers):
+            w = layer.linear.weight.detach().to(dt)
+            nb = d_in if j == 0 else widths[j - 1]
+            self.below.append(w[:, :nb])
+            self.above.append(w[:, nb:])
+            self.bias.append(layer.linear.bias.detach().float())
+
+
+def _initial(net: RecurrentStack, wts: _Weights, image_part: torch.Tensor, reps: int
+             ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """States after one bottom-up pass (`RecurrentStack.initial`): the top-down and label
+    inputs are zero; computed on the n distinct images, then repeated `reps` times. Returns
+    the states and their normalised copies."""
+    states = []
+    z = image_part.float()
+    for j in range(len(net.layers)):
+        if j > 0:
+            z = torch.mm(wts.below[j], _norm_cols(states[-1])).float()
+        states.append(torch.relu(z + wts.bias[j][:, None]).to(image_part.dtype))
+    states = [s.repeat(1, reps) for s in states]
+    return states, [_norm_cols(s) for s in states]
+
+
+def _parts(wts: _Weights, normed: list[torch.Tensor], image_part: torch.Tensor,
+           labels: torch.Tensor, j: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Layer j's input blocks at this iteration, above and below (the normalised states at
+    t-1; the label vector above the top layer), and the matmul of each: (above, za, zb); zb
+    is the image part, n columns, for the first layer."""
+    above = normed[j + 1] if j + 1 < len(normed) else labels
+    za = torch.mm(wts.above[j], above)
+    zb = image_part if j == 0 else torch.mm(wts.below[j], normed[j - 1])
+    return above, za, zb
+
+
+def layer_gradients(net: RecurrentStack, x: torch.Tensor, y_pos: torch.Tensor,
+                    y_neg: torch.Tensor, cfg, compiled: bool = False) -> list[torch.Tensor]:
+    """Set every layer's weight and bias .grad to the gradient of its FF loss summed over
+    `cfg.iterations` iterations (divided by their number), positive runs with labels y_pos and
+    negative runs with y_neg; return the losses. `ff_recurrent_mnist.layer_losses` followed by
+    backward gives the same (the reference). `compiled`: the elementwise passes through
+    torch.compile (worth it on long runs)."""
+    dt = DTYPES[cfg.dtype]
+    n, n_layers, iters = len(x), len(net.layers), cfg.iterations
+    wts = _Weights(net, x.shape[1], dt)
+    n_classes = wts.above[-1].shape[1]
+    x_t = ff.normalise(x).t().to(dt).contiguous()  # (D, n)
+    y = torch.cat([y_pos, y_neg])
+    labels = ff.normalise(F.one_hot(y, n_classes).float() * cfg.label_value)
+    labels = labels.t().to(dt).contiguous()  # (C, 2n)
+    image_part = torch.mm(wts.below[0], x_t)  # (w0, n): the image's contribution, once
+    states, normed = _initial(net, wts, image_part, 2)
+    # each iteration's dz and input blocks, for one weight-gradient matmul per block
+    dz_buf = [torch.empty(w, iters, 2 * n, dtype=dt) for w in net.widths]
+    below_buf = [None] + [torch.empty(net.widths[j - 1], iters, 2 * n, dtype=dt)
+                          for j in range(1, n_layers)]
+    above_buf = [torch.empty(w, iters, 2 * n, dtype=dt) for w in [*net.widths[1:], n_classes]]
+    gb = [torch.zeros(w) for w in net.widths]
+    image_dz = torch.zeros(net.widths[0], n)
+    totals = [torch.zeros(()) for _ in range(n_layers)]
+    sign = ff.GOODNESS["sumsq"][1]
+    for t in range(iters):
+        new_states, new_normed = [], []
+        for j in range(n_layers):
+            above, za, zb = _parts(wts, normed, image_part, labels, j)
+            reps = 2 if j == 0 else 1
+            h, ss, hn = ff_fused.call("recurrent_update", compiled, za, zb, wts.bias[j],
+                                      states[j], net.damping, reps)
+            g = ss.requires_grad_()
+            if cfg.loss == "pairwise":
+                loss = ff.pairwise_loss(g[:n], g[n:], cfg.temperature)
+            else:
+                loss = ff.ff_loss(g[:n], g[n:], sign * cfg.threshold * h.shape[0],
+                                  cfg.temperature)
+            loss = loss / iters
+            (c,) = torch.autograd.grad(loss, g)
+            totals[j] = totals[j] + loss.detach()
+            dz, gbj, pair = ff_fused.call("recurrent_grad", compiled, h, za, zb, wts.bias[j],
+                                          c, net.damping, reps,
+                                          net.layers[j].act_name == "relu", j == 0)
+            gb[j] += gbj
+            dz_buf[j][:, t] = dz
+            above_buf[j][:, t] = above
+            if j == 0:
+                image_dz += pair
+            else:
+                below_buf[j][:, t] = normed[j - 1]
+            new_states.append(h)
+            new_normed.append(hn)
+        states, normed = new_states, new_normed
+    for j, layer in enumerate(net.layers):
+        dzs = dz_buf[j].view(net.widths[j], -1)
+        w = layer.linear.weight
+        grad = torch.empty_like(w)
+        nb = wts.below[j].shape[1]
+        if j == 0:
+            grad[:, :nb] = torch.mm(image_dz.to(dt), x_t.t())
+        else:
+            grad[:, :nb] = torch.mm(dzs, below_buf[j].view(nb, -1).t())
+        grad[:, nb:] = torch.mm(dzs, above_buf[j].view(w.shape[1] - nb, -1).t())
+        w.grad = grad
+        layer.linear.bias.grad = gb[j].to(layer.linear.bias.dtype)
+    return totals
+
+
+@torch.no_grad()
+def goodness_by_iteration(net: RecurrentStack, x: torch.Tensor, cfg, iterations: int,
+                          n_classes: int = 10, compiled: bool = False) -> torch.Tensor:
+    """(N, n_classes, iterations): for each label clamped in turn, the goodness summed over
+    the hidden layers at each iteration (`ff_recurrent_mnist.goodness_by_iteration`), all
+    labels in one run whose image part is computed once."""
+    dt = DTYPES[cfg.dtype]
+    n = len(x)
+    wts = _Weights(net, x.shape[1], dt)
+    x_t = ff.normalise(x).t().to(dt).contiguous()
+    y = torch.arange(n_classes).repeat_interleave(n)  # label c on columns c*n .. (c+1)*n
+    labels = ff.normalise(F.one_hot(y, n_classes).float() * cfg.label_value).t().to(dt)
+    labels = labels.contiguous()
+    image_part = torch.mm(wts.below[0], x_t)
+    states, normed = _initial(net, wts, image_part, n_classes)
+    out = torch.empty(n_classes, n, iterations)
+    for t in range(iterations):
+        results = []
+        for j in range(len(net.layers)):
+            _, za, zb = _parts(wts, normed, image_part, labels, j)
+            results.append(ff_fused.call("recurrent_update", compiled, za, zb, wts.bias[j],
+                                         states[j], net.damping, n_classes if j == 0 else 1))
+        states = [h for h, _, _ in results]
+        normed = [hn for _, _, hn in results]
+        out[:, :, t] = sum(ss for _, ss, _ in results).view(n_classes, n)
+    return out.permute(1, 0, 2)
