@@ -181,6 +181,40 @@ def adam_step(opt: torch.optim.Adam, p: torch.Tensor, g: torch.Tensor,
         low.copy_(p.data)
 
 
+def loss_gradient(net, i: int, h: torch.Tensor, ss: torch.Tensor, pm: torch.Tensor,
+                  n: int, n_pos: int, phase: str
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                             torch.Tensor, torch.Tensor]:
+    """Layer i's loss from its activity h (units, N), the columns' sums of squares ss and the
+    first n_pos columns' mean per unit pm (peer normalisation when n_pos > 0), and what the
+    backward pass needs: (h as the (N, units) view, goodness, loss, c = d loss / d ss per
+    column times 2 sign, the peer term per unit, the next input's normalising scale)."""
+    sign = net.sign_of_sum_squares
+    g = (sign * ss).requires_grad_()
+    pm = pm.requires_grad_() if n_pos else None
+    hv = h.t()  # the (N, units) view the rule's objective sees
+    loss, total = net._objective(g, pm, hv, n, phase, i)
+    grads = torch.autograd.grad(total, [g] if pm is None else [g, pm])
+    with torch.no_grad():
+        c = (2.0 * sign) * grads[0]
+        peer = grads[1] / n_pos if pm is not None else torch.zeros(h.shape[0])
+        scale = 1.0 / ((ss / h.shape[0]).sqrt() + 1e-8)
+    return hv, g, loss, c, peer, scale
+
+
+@torch.no_grad()
+def apply_update(layer: torch.nn.Module, opt: torch.optim.Adam, state: DenseState,
+                 gw: torch.Tensor, gb: torch.Tensor) -> None:
+    """Adam on the layer's weight (then its compute-dtype copy) and bias, and the layer's own
+    projection of its weights if it has one."""
+    w, b = layer.linear.weight, layer.linear.bias
+    adam_step(opt, w, gw, state.low)
+    state.updated(w)
+    adam_step(opt, b, gb, None)
+    if hasattr(layer, "constrain_"):
+        layer.constrain_()
+
+
 def layer_step(net, i: int, x: torch.Tensor, n: int, phase: str, compiled: bool
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Layer i's whole FF step (forward, loss, gradient, Adam) on feature-major input x (N, D)
@@ -197,24 +231,11 @@ def layer_step(net, i: int, x: torch.Tensor, n: int, phase: str, compiled: bool
         peer_on = net.rule.peer_weight > 0 and phase != "neg"
         n_pos = (x.shape[0] if phase == "pos" else n) if peer_on else 0
         h, ss, pm = call("post", compiled, z, b.detach(), n_pos)
-    sign = net.sign_of_sum_squares
-    g = (sign * ss).requires_grad_()
-    pm = pm.requires_grad_() if peer_on else None
-    hv = h.t()  # the (N, units) view the rule's objective sees
-    loss, total = net._objective(g, pm, hv, n, phase, i)
-    grads = torch.autograd.grad(total, [g] if pm is None else [g, pm])
+    hv, g, loss, c, peer, scale = loss_gradient(net, i, h, ss, pm, n, n_pos, phase)
     with torch.no_grad():
-        c = (2.0 * sign) * grads[0]
-        peer = grads[1] / n_pos if pm is not None else torch.zeros(h.shape[0])
-        scale = 1.0 / ((ss / h.shape[0]).sqrt() + 1e-8)
         dz, gb, x_next = call("pre", compiled, h, c, peer, n_pos, scale,
                               layer.act_name == "relu_st")
-        gw = torch.mm(dz, xt.t())
-        adam_step(opt, w, gw, state.low)
-        state.updated(w)
-        adam_step(opt, b, gb, None)
-        if hasattr(layer, "constrain_"):
-            layer.constrain_()
+        apply_update(layer, opt, state, torch.mm(dz, xt.t()), gb)
     return hv, g, loss, x_next.t()
 
 
@@ -244,24 +265,12 @@ def first_layer_step(net, x_pos: torch.Tensor, x_neg: torch.Tensor, k: int, comp
         peer_on = net.rule.peer_weight > 0
         n_pos = n if peer_on else 0
         h, ss_h, pm = call("post_shared", compiled, u, lab, s, b.detach(), n)
-    sign = net.sign_of_sum_squares
-    g = (sign * ss_h).requires_grad_()
-    pm = pm.requires_grad_() if peer_on else None
-    hv = h.t()
-    loss, total = net._objective(g, pm, hv, n, "both", 0)
-    grads = torch.autograd.grad(total, [g] if pm is None else [g, pm])
+    hv, g, loss, c, peer, scale = loss_gradient(net, 0, h, ss_h, pm, n, n_pos, "both")
     with torch.no_grad():
-        c = (2.0 * sign) * grads[0]
-        peer = grads[1] / n_pos if pm is not None else torch.zeros(h.shape[0])
-        scale = 1.0 / ((ss_h / h.shape[0]).sqrt() + 1e-8)
         dzs, dz_pairs, gb, x_next = call("pre_shared", compiled, h, c, peer, n, scale, s,
                                          layer.act_name == "relu_st")
         gw = torch.empty_like(w)
         gw[:, k:] = torch.mm(dz_pairs, rest_t.t())
         gw[:, :k] = torch.mm(dzs, labels_t.t())
-        adam_step(opt, w, gw, state.low)
-        state.updated(w)
-        adam_step(opt, b, gb, None)
-        if hasattr(layer, "constrain_"):
-            layer.constrain_()
+        apply_update(layer, opt, state, gw, gb)
     return hv, g, loss, x_next.t()
