@@ -285,3 +285,99 @@ def learn_islands() -> None:
         losses.append(sum(v for k, v in stats.items() if k.startswith("loss_bu")))
     assert np.mean(losses[-2:]) < 0.85 * np.mean(losses[:2])
     assert top_ari() > 0.8
+
+
+def test_top_beta_sharpens_the_top_level_only():
+    """GlomSpec.top_beta: the top level's attention uses its own inverse temperature, the
+    other levels keep beta; top_beta 0 (or equal to beta) is the single-beta attention."""
+    g = torch.Generator().manual_seed(0)
+    e = torch.nn.functional.normalize(torch.randn(2, 2, 5, 4, generator=g), dim=-1)
+    spec = GlomSpec(image=(1, 4, 20), patch=4, n_levels=2, dim=4, hidden=4, beta=2.0,
+                    radius=(0.0, 0.0), top_beta=8.0)
+    model = Glom(spec)
+    sim = e @ e.transpose(-1, -2)
+    eye = torch.eye(5, dtype=torch.bool)
+    want = [torch.softmax((b * sim[:, lvl]).masked_fill(eye, float("-inf")), -1)
+            for lvl, b in enumerate((2.0, 8.0))]
+    got = attention_weights(e, model.betas(), model.bias)
+    torch.testing.assert_close(got, torch.stack(want, 1))
+    torch.testing.assert_close(model.consensus(e), torch.stack(want, 1) @ e)
+    for top in (0.0, 2.0):  # the old path: one number
+        same = Glom(GlomSpec(**{**spec.__dict__, "top_beta": top}))
+        assert same.betas() == 2.0
+        torch.testing.assert_close(attention_weights(e, same.betas(), same.bias),
+                                   torch.softmax((2.0 * sim).masked_fill(eye, float("-inf")),
+                                                 -1))
+    assert "top_beta" in " ".join(GlomSpec(image=(1, 4, 4), top_beta=-1.0).problems())
+
+
+def test_far_radius_hand_computed():
+    """rules.glom.far_mask with model.far_radius: per level, the same image's columns farther
+    than the radius are the negatives, not those outside the attention window."""
+    model = Glom(GlomSpec(image=(1, 4, 16), patch=4, n_levels=2, dim=4, hidden=4,
+                          radius=(1.0, 0.0)))  # one row of 4 columns
+    window = rule.far_mask(model)  # default: outside each level's window
+    assert window[0].int().tolist() == [[0, 0, 1, 1], [0, 0, 0, 1], [1, 0, 0, 0], [1, 1, 0, 0]]
+    assert not window[1].any()  # a global level has no far columns
+    model.far_radius = (0.0, 1.5)
+    far = rule.far_mask(model)
+    assert far[0].int().tolist() == (1 - torch.eye(4, dtype=torch.int)).tolist()
+    assert far[1].int().tolist() == [[0, 0, 1, 1], [0, 0, 0, 1], [1, 0, 0, 0], [1, 1, 0, 0]]
+    model.far_radius = (1.0,)
+    with pytest.raises(ValueError, match="far_radius"):
+        rule.far_mask(model)
+
+
+def test_top_image_negatives_only_change_the_top_level():
+    """top_image_negatives: with image_negatives off, the top level's bottom-up loss still
+    contrasts with the other images' same column; the levels below keep far negatives only."""
+    model = small_glom(3)
+    model.tau, model.far_negatives, model.image_negatives = 0.1, True, False
+    model.far_radius = (0.0, 0.0, 0.0)  # every other column of the image is a far negative
+    x = torch.rand(4, 1, 8, 8)
+    cols = model.columns(x)
+    e = model.init_state(cols)
+    plain, bu, _, att = rule.local_losses(model, cols, e, "float32")
+    model.top_image_negatives = True
+    mixed, *_ = rule.local_losses(model, cols, e, "float32")
+    far = rule.far_mask(model)
+    torch.testing.assert_close(mixed["bu"][:2], plain["bu"][:2])
+    torch.testing.assert_close(mixed["td"], plain["td"])
+    want = rule.info_nce(bu[:, 2:], att[:, 2:], 0.1, far[2:], other_images=True)
+    torch.testing.assert_close(mixed["bu"][2:], want)
+    assert mixed["bu"][2] > plain["bu"][2]  # more negatives: a larger loss here
+
+
+def test_position_share_hand_computed():
+    """glom_parts.position_share: between-column over total variance of foreground columns."""
+    from mortal.recipes.glom_parts import position_share
+
+    # 2 images, 1 level, 2 columns, D = 1: column 0 holds 1 and 3, column 1 holds 5 and 7;
+    # total variance about the mean 4: 9 + 1 + 1 + 9 = 20; column means 2 and 6: 4 * 4 = 16
+    e = torch.tensor([[[[1.0], [5.0]]], [[[3.0], [7.0]]]])
+    fg = torch.ones(2, 2, dtype=torch.bool)
+    assert position_share(e, fg, min_count=2) == [pytest.approx(0.8)]
+    same = torch.tensor([[[[1.0], [1.0]]], [[[3.0], [3.0]]]])  # what, not where: share 0
+    assert position_share(same, fg, min_count=2) == [pytest.approx(0.0)]
+    where = torch.tensor([[[[1.0], [5.0]]], [[[1.0], [5.0]]]])  # where only: share 1
+    assert position_share(where, fg, min_count=2) == [pytest.approx(1.0)]
+
+
+def test_pos_scale_sets_how_much_position_reaches_the_nets():
+    """GlomSpec.pos_scale multiplies the position code; at 0 two columns with the same pixels
+    get the same level-0 bottom-up prediction, at 1 their positions tell them apart."""
+    from mortal.arch.glom import position_code
+
+    def net(scale: float) -> Glom:
+        torch.manual_seed(0)
+        return Glom(GlomSpec(image=(1, 4, 12), patch=4, context=0, n_levels=2, dim=4, hidden=8,
+                             radius=(0.0, 0.0), pos_scale=scale))
+
+    x = torch.ones(1, 1, 4, 12)  # three columns with identical (all-ink) pixels
+    torch.testing.assert_close(net(0.5).pos, 0.5 * position_code((1, 3), 4))
+    for scale, same in ((0.0, True), (1.0, False)):
+        model = net(scale)
+        cols = model.columns(x)
+        b0 = model.bottom_up(cols, model.init_state(cols))[0, 0]  # (N, D) level 0
+        assert torch.allclose(b0[0], b0[1]) == same
+    assert "pos_scale" in " ".join(GlomSpec(image=(1, 4, 4), pos_scale=-1.0).problems())

@@ -41,6 +41,13 @@ class GlomSpec:
     pos_freqs: int = 4  # the position code: sin/cos of x and y at this many frequencies
     weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)  # prev, bu, td, att
     beta: float = 10.0  # attention inverse temperature on cosine similarity
+    # the top level's inverse temperature (0 = beta): a sharper top level (with a global
+    # radius) lets the columns of one object agree with each other rather than with the
+    # whole neighbourhood
+    top_beta: float = 0.0
+    # the position code's amplitude (1: sin/cos in [-1, 1]); smaller lets the content of the
+    # pixels, not where a column is, dominate the state
+    pos_scale: float = 1.0
     radius: tuple[float, ...] = (1.5, 3.0, 6.0, 0.0)  # per level, in columns; 0 = global
 
     @property
@@ -70,6 +77,10 @@ class GlomSpec:
                      "att zero")
         if self.beta <= 0 or self.dim < 1 or self.hidden < 1:
             p.append("beta, dim and hidden must be positive")
+        if self.pos_scale < 0:
+            p.append("pos_scale must be >= 0")
+        if self.top_beta < 0:
+            p.append("top_beta must be >= 0 (0: the top level uses beta)")
         return p
 
 
@@ -109,15 +120,20 @@ def position_code(grid: tuple[int, int], n_freqs: int) -> torch.Tensor:
     return torch.cat([ang.sin(), ang.cos()], 1)
 
 
+def column_distances(grid: tuple[int, int]) -> torch.Tensor:
+    """(N, N) Euclidean distances between columns, in columns (row-major order)."""
+    gh, gw = grid
+    ys, xs = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    xy = torch.stack([xs.flatten(), ys.flatten()], 1).float()
+    return torch.cdist(xy, xy)
+
+
 def locality_bias(grid: tuple[int, int], radius: tuple[float, ...]) -> torch.Tensor:
     """(L, N, N) additive attention bias: 0 where column j is within `radius[l]` of column i
     (Euclidean, in columns; radius 0 = everywhere), -inf elsewhere and on the diagonal (a
     column attends to the *other* columns)."""
-    gh, gw = grid
-    ys, xs = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
-    xy = torch.stack([xs.flatten(), ys.flatten()], 1).float()
-    dist = torch.cdist(xy, xy)  # (N, N)
-    eye = torch.eye(len(xy), dtype=torch.bool)
+    dist = column_distances(grid)  # (N, N)
+    eye = torch.eye(len(dist), dtype=torch.bool)
     out = []
     for r in radius:
         allowed = (dist <= r) if r > 0 else torch.ones_like(eye)
@@ -125,14 +141,18 @@ def locality_bias(grid: tuple[int, int], radius: tuple[float, ...]) -> torch.Ten
     return torch.stack(out)
 
 
-def attention_weights(e: torch.Tensor, beta: float, bias: torch.Tensor) -> torch.Tensor:
+def attention_weights(e: torch.Tensor, beta: float | torch.Tensor, bias: torch.Tensor
+                      ) -> torch.Tensor:
     """(B, L, N, D) unit embeddings -> (B, L, N, N) weights: row i is softmax over columns j of
-    beta * cos(e_i, e_j) + bias[l, i, j]; each row sums to one."""
+    beta * cos(e_i, e_j) + bias[l, i, j]; each row sums to one. `beta` is one number, or an
+    (L, 1, 1) tensor: one per level."""
     sim = torch.matmul(e, e.transpose(-1, -2))  # (B, L, N, N)
+    if isinstance(beta, torch.Tensor):
+        return torch.softmax(torch.addcmul(bias, sim, beta), dim=-1)
     return torch.softmax(torch.add(bias, sim, alpha=beta), dim=-1)  # fp32: one pass, no copy
 
 
-def consensus(e: torch.Tensor, beta: float, bias: torch.Tensor) -> torch.Tensor:
+def consensus(e: torch.Tensor, beta: float | torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """(B, L, N, D): each column's attention-weighted average of its level in other columns."""
     w = attention_weights(e, beta, bias)
     return torch.matmul(w.to(e.dtype), e)
@@ -169,7 +189,8 @@ class Glom(nn.Module):
         self.bottom0 = StackedMLP(1, d_col, h, d, d_cond=d_pos)  # pixels (+ position) -> level 0
         self.bottom = StackedMLP(levels - 1, d, h, d)  # level l-1 -> level l, l = 1..L-1
         self.top = StackedMLP(levels - 1, d, h, d, d_cond=d_pos)  # level l+1, pos -> level l
-        self.register_buffer("pos", position_code(spec.grid, spec.pos_freqs), persistent=False)
+        self.register_buffer("pos", spec.pos_scale * position_code(spec.grid, spec.pos_freqs),
+                             persistent=False)
         self.register_buffer("bias", locality_bias(spec.grid, spec.radius), persistent=False)
 
     def columns(self, x: torch.Tensor) -> torch.Tensor:
@@ -191,7 +212,17 @@ class Glom(nn.Module):
 
     def consensus(self, e: torch.Tensor) -> torch.Tensor:
         """(B, L, N, D) -> (B, L, N, D) attention averages over other columns, per level."""
-        return consensus(e, self.spec.beta, self.bias)
+        return consensus(e, self.betas(), self.bias)
+
+    def betas(self) -> float | torch.Tensor:
+        """The attention inverse temperature: spec.beta, or with a top_beta of its own an
+        (L, 1, 1) tensor, beta at every level but the top."""
+        sp = self.spec
+        if not sp.top_beta or sp.top_beta == sp.beta:
+            return sp.beta
+        b = torch.full((sp.n_levels, 1, 1), sp.beta, device=self.bias.device)
+        b[-1] = sp.top_beta
+        return b
 
     def init_state(self, cols: torch.Tensor) -> torch.Tensor:
         """(B, N, F) -> (B, L, N, D): one bottom-up sweep from the pixels, unit length."""

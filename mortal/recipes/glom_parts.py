@@ -59,6 +59,8 @@ class Config:
     pos_freqs: int = 4
     weights: tuple[float, ...] = (1.0, 0.3, 0.3, 3.0)  # previous, bottom-up, top-down, attention
     beta: float = 3.0
+    top_beta: float = 0.0  # the top level's attention inverse temperature (0 = beta)
+    pos_scale: float = 1.0  # amplitude of the position code (bottom-up of level 0, top-down)
     radius: tuple[float, ...] = (1.0, 1.5, 2.5, 3.5)
     iterations: int = 10  # per training step
     eval_iterations: int = 20  # when measuring and drawing
@@ -69,10 +71,14 @@ class Config:
     lr: float = 1e-3
     tau: float = 0.1
     far_negatives: bool = True  # InfoNCE also against the image's columns outside the window
+    # per level: the far negatives are the columns farther than this (empty: outside the
+    # level's attention window)
+    far_radius: tuple[float, ...] = ()
     # measured better (docs/glom.md, second session): losses on inked columns only, and
     # InfoNCE negatives from the same image's far columns only, not other images
     ink_only: bool = True  # local losses averaged over the columns with ink only
     image_negatives: bool = False  # InfoNCE against other images' same column (else far only)
+    top_image_negatives: bool = False  # the top level's bottom-up loss with other images anyway
     views: int = 1  # 2: two shifted views of each image, each taught by the other's consensus
     shift: int = 2  # pixels, for views = 2
     contrast_weight: float = 0.1
@@ -102,8 +108,12 @@ class Config:
               "epochs, steps_per_epoch >= 1 and batch_size >= 2 (InfoNCE needs negatives)", p)
         check(self.iterations >= 1 and self.eval_iterations >= 1, "iterations must be >= 1", p)
         check(self.lr > 0 and self.tau > 0 and self.beta > 0, "lr, tau, beta must be > 0", p)
+        check(self.top_beta >= 0, "top_beta must be >= 0 (0: the top level uses beta)", p)
+        check(self.pos_scale >= 0, "pos_scale must be >= 0", p)
         check(0 < self.mask_frac < 1, "mask_frac must be in (0, 1)", p)
         check(self.views in (1, 2) and self.shift >= 0, "views is 1 or 2; shift >= 0", p)
+        check(len(self.far_radius) in (0, self.n_levels) and all(r >= 0 for r in self.far_radius),
+              "far_radius is empty (the attention windows) or one value >= 0 per level", p)
         check(self.image_negatives or self.far_negatives,
               "InfoNCE needs negatives: image_negatives or far_negatives (or both)", p)
         check(self.n_val >= 1 and self.n_test >= 1 and self.n_probe_train >= 8
@@ -118,7 +128,9 @@ def spec_of(cfg: Any, image: tuple[int, int, int]) -> GlomSpec:
     """The GlomSpec a config describes (shared by the GLOM recipes)."""
     return GlomSpec(image=image, patch=cfg.patch, context=cfg.context, n_levels=cfg.n_levels,
                     dim=cfg.dim, hidden=cfg.hidden, pos_freqs=cfg.pos_freqs,
-                    weights=tuple(cfg.weights), beta=cfg.beta, radius=tuple(cfg.radius))
+                    weights=tuple(cfg.weights), beta=cfg.beta, radius=tuple(cfg.radius),
+                    top_beta=getattr(cfg, "top_beta", 0.0),
+                    pos_scale=getattr(cfg, "pos_scale", 1.0))
 
 
 def rule_of(cfg: Any, n_classes: int) -> rule_mod.GlomRule:
@@ -126,8 +138,10 @@ def rule_of(cfg: Any, n_classes: int) -> rule_mod.GlomRule:
     return rule_mod.GlomRule(mode=cfg.mode, iterations=cfg.iterations, lr=cfg.lr, tau=cfg.tau,
                              contrast_weight=cfg.contrast_weight, mask_frac=cfg.mask_frac,
                              far_negatives=cfg.far_negatives,
+                             far_radius=tuple(getattr(cfg, "far_radius", ())),
                              ink_only=getattr(cfg, "ink_only", False),
                              image_negatives=getattr(cfg, "image_negatives", True),
+                             top_image_negatives=getattr(cfg, "top_image_negatives", False),
                              views=cfg.views, shift=cfg.shift,
                              n_classes=n_classes, dtype=cfg.dtype)
 
@@ -269,6 +283,8 @@ def evaluate(model: Glom, cfg: Config, amb: float, device: torch.device, seed: i
         y_te = test.classes.reshape(-1).to(device)
         acc.append(probe_accuracy(f_tr[ok_tr], y_tr[ok_tr], f_te[ok_te], y_te[ok_te], cfg))
     out["classification_accuracy_pct_per_level"] = acc
+    out["position_share_per_level"] = position_share(
+        e_probe, column_ids(probe.object_ids, p).to(device) > 0)
     out["classification_accuracy_pct"] = acc[-1]
     # the same probe on the objects' mean raw pixel windows (what level 0 reads): no GLOM
     f_tr, ok_tr = object_features(model.columns(probe.images.to(device)),
@@ -278,6 +294,26 @@ def evaluate(model: Glom, cfg: Config, amb: float, device: torch.device, seed: i
     out["pixel_probe_accuracy_pct"] = probe_accuracy(f_tr[ok_tr], y_tr[ok_tr], f_te[ok_te],
                                                      y_te[ok_te], cfg)
     out["test_images"] = test.images[:cfg.n_pictures]
+    return out
+
+
+def position_share(e: torch.Tensor, fg: torch.Tensor, min_count: int = 3) -> list[float]:
+    """(B, L, N, D) states, (B, N) bool foreground -> per level, the share of the variance of
+    the foreground columns' embeddings (across images) explained by *which column* they are:
+    between-column variance / total. 1: the level says where a column is and nothing about
+    what is there; about 0: nothing about where. Columns with fewer than `min_count`
+    foreground samples are left out."""
+    m = fg.float().unsqueeze(-1)  # (B, N, 1)
+    count = m.sum(0)  # (N, 1)
+    keep = fg & (count[:, 0] >= min_count).unsqueeze(0)
+    out = []
+    for lvl in range(e.shape[1]):
+        x = e[:, lvl].float()
+        per_col = (x * m).sum(0) / count.clamp_min(1)  # (N, D) mean over images
+        xs, mus = x[keep], per_col.unsqueeze(0).expand_as(x)[keep]
+        total = ((xs - xs.mean(0)) ** 2).sum()
+        between = ((mus - xs.mean(0)) ** 2).sum()
+        out.append(round(float(between / total.clamp_min(1e-12)), 4))
     return out
 
 
@@ -369,19 +405,24 @@ def measure_and_report(model: Glom, untrained: Glom, cfg: Config, run: Any,
     lines += table_rows("untrained (initial nets)", results["untrained"])
     lines += ["", "Learning gain (trained minus untrained):", "",
               "| ambiguity | part ARI | object ARI | classification (points) | "
-              "classification per level (trained) | probe on raw pixel windows (%) |",
-              "|---|---|---|---|---|---|"]
+              "classification per level (trained) | probe on raw pixel windows (%) | "
+              "position share per level, trained / untrained |",
+              "|---|---|---|---|---|---|---|"]
     lines += [f"| {a} | {g['part_ari']:+.3f} | {g['object_ari']:+.3f} | "
               f"{g['classification_accuracy_pct']:+.1f} | "
               f"{results['trained'][a]['classification_accuracy_pct_per_level']} | "
-              f"{results['trained'][a]['pixel_probe_accuracy_pct']} |"
+              f"{results['trained'][a]['pixel_probe_accuracy_pct']} | "
+              f"{results['trained'][a]['position_share_per_level']} / "
+              f"{results['untrained'][a]['position_share_per_level']} |"
               for a, g in gain.items()]
     lines += ["", f"Targets: part ARI >= {TARGETS['part_ari']}, object ARI >= "
               f"{TARGETS['object_ari']}. The level reported and each level's threshold are "
               f"chosen on {cfg.n_val} validation images, the ARIs measured on {cfg.n_test} test "
               f"images after {cfg.eval_iterations} iterations. Pictures: ambiguity "
               f"{amb[len(amb) // 2]:g}, rows = iterations 0..{cfg.eval_iterations}, left to "
-              f"right the image then levels 0..{cfg.n_levels - 1}; dark lines = island edges."]
+              f"right the image then levels 0..{cfg.n_levels - 1}; dark lines = island edges. "
+              "Position share: the share of the foreground columns' variance explained by "
+              "which column they are (1 = the level encodes only where a column is)."]
     (run.dir / "table.md").write_text("\n".join(lines) + "\n")
     trained = results["trained"]
     a0 = f"{amb[0]:g}"

@@ -34,7 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mortal import distributed
-from mortal.arch.glom import Glom, update
+from mortal.arch.glom import Glom, column_distances, update
 from mortal.config import ConfigError
 from mortal.data.augment import jitter
 from mortal.loop import DTYPES, autocast, lr_factor, make_optimizer, resolve_dtype, set_lr
@@ -55,12 +55,21 @@ class GlomRule:
     tau: float = 0.1  # InfoNCE temperature
     # also contrast with the same image's columns outside the level's attention window
     far_negatives: bool = False
+    # with far_negatives: per level, the same image's columns farther than this (in columns,
+    # Euclidean) are the negatives instead of those outside the attention window (empty: the
+    # window). Lets a global (radius 0) top level contrast its columns with the far side of
+    # the image, where the other object lies, and not with its own object's far columns
+    far_radius: tuple[float, ...] = ()
     # local mode: average the losses over the columns with ink in their own patch only (the
     # empty background columns, most of an image, would otherwise dominate the objective)
     ink_only: bool = False
     # local mode: the other images' same column as negatives (False: only the same image's
     # far columns, so same-part columns of different images are not pushed apart)
     image_negatives: bool = True
+    # local mode: the top level's bottom-up loss takes the other images' same column as
+    # negatives even when image_negatives is off for the levels below: its target must then
+    # say *what* is there (the object), not only where the column is
+    top_image_negatives: bool = False
     # local mode: 2 = see every image twice, each copy shifted by up to `shift` pixels, and
     # make each view's nets predict the *other* view's consensus (the GLOM paper's agreement
     # between two crops of one image): what agrees must survive the shift, not just the pixels
@@ -135,10 +144,18 @@ def global_batch(t: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 def far_mask(model: Glom) -> torch.Tensor:
-    """(L, N, N) bool: column pairs outside each level's attention window (the diagonal and
-    global levels excluded), the same-image negatives of `info_nce`."""
+    """(L, N, N) bool: the same-image negatives of `info_nce`: column pairs outside each
+    level's attention window (the diagonal and global levels excluded), or, when the training
+    loop set `model.far_radius` (one value per level), pairs farther apart than that."""
     eye = torch.eye(model.bias.shape[-1], dtype=torch.bool, device=model.bias.device)
-    return torch.isinf(model.bias) & ~eye
+    radius = tuple(getattr(model, "far_radius", ()) or ())
+    if not radius:
+        return torch.isinf(model.bias) & ~eye
+    if len(radius) != model.spec.n_levels:
+        raise ValueError(f"far_radius needs one value per level ({model.spec.n_levels}), "
+                         f"got {radius}")
+    dist = column_distances(model.spec.grid).to(model.bias.device)
+    return torch.stack([dist > r for r in radius]) & ~eye
 
 
 def ink_weights(x: torch.Tensor, patch: int) -> torch.Tensor:
@@ -171,6 +188,7 @@ def local_losses(model: Glom, cols: torch.Tensor, e: torch.Tensor, dtype: str,
         td = model.top_down(e)
     tau, far = model_tau(model), far_mask(model) if model_far(model) else None
     others = bool(getattr(model, "image_negatives", True))
+    top_others = bool(getattr(model, "top_image_negatives", False))
     mm = DTYPES[dtype]  # the similarity matmuls in the run's dtype (fp32 softmax either way)
     parts = [slice(None)] if views == 1 else [slice(0, len(e) // 2), slice(len(e) // 2, None)]
     losses = {"bu": 0.0, "td": 0.0}
@@ -178,8 +196,15 @@ def local_losses(model: Glom, cols: torch.Tensor, e: torch.Tensor, dtype: str,
         target = parts[(i + 1) % len(parts)]  # the view itself, or the other one
         w = None if weight is None else weight[own]
         att_all, off = global_batch(att[target])  # negatives from every process's images
-        losses["bu"] = losses["bu"] + info_nce(bu[own], att_all, tau, far, off, w, others,
-                                               mm) / len(parts)
+        if top_others and not others:  # the top level with other images, the rest without
+            below = info_nce(bu[own][:, :-1], att_all[:, :-1], tau,
+                             None if far is None else far[:-1], off, w, others, mm)
+            top = info_nce(bu[own][:, -1:], att_all[:, -1:], tau,
+                           None if far is None else far[-1:], off, w, True, mm)
+            bu_loss = torch.cat([below, top])
+        else:
+            bu_loss = info_nce(bu[own], att_all, tau, far, off, w, others, mm)
+        losses["bu"] = losses["bu"] + bu_loss / len(parts)
         losses["td"] = losses["td"] + info_nce(td[own], att_all[:, :-1], tau,
                                                None if far is None else far[:-1], off, w,
                                                others, mm) / len(parts)
@@ -334,7 +359,9 @@ def train(model: Glom, head: nn.Module, batch: Callable[[int], tuple[torch.Tenso
                           "process: use --nproc N (data parallel)")
     model.tau = rule.tau
     model.far_negatives = rule.far_negatives
+    model.far_radius = tuple(rule.far_radius)
     model.image_negatives = rule.image_negatives
+    model.top_image_negatives = rule.top_image_negatives
     params = list(model.parameters()) + list(head.parameters())
     opt = make_optimizer("adam", params, rule.lr, rule.weight_decay)
     sync = None
