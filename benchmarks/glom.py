@@ -76,7 +76,7 @@ def main() -> None:
     infer_flops = fl["attention"] + fl["mlp"]
 
     rule = rule_of(cfg, n_classes=10)
-    model.tau, model.far_negatives = rule.tau, rule.far_negatives
+    rule_mod.attach(model, rule)
     opt = make_optimizer("adam", model.parameters(), rule.lr)
     train_s = seconds_per_step(lambda: rule_mod.local_step(model, x, rule, opt),
                                max(2, args.steps // 2))

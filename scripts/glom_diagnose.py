@@ -117,8 +117,7 @@ def main() -> None:
     if not args.no_untrained:
         for row in measure(untrained, cfg, iters, args.n_test, args.n_probe, args.amb, 10_000):
             print(json.dumps({"nets": "untrained", **row}), flush=True)
-    model.tau, model.far_negatives = rule.tau, rule.far_negatives
-    model.image_negatives = rule.image_negatives
+    rule_mod.attach(model, rule)
     head = rule_mod.make_head(model, rule)  # paper / supervised modes only
     opt = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=rule.lr)
     g = torch.Generator().manual_seed(cfg.seed + 17)

@@ -62,10 +62,7 @@ def main() -> None:
         report(copy.deepcopy(model), "untrained")
     if args.steps == 0:
         return
-    model.tau, model.far_negatives = rule.tau, rule.far_negatives
-    model.image_negatives = rule.image_negatives
-    model.far_radius = tuple(rule.far_radius)
-    model.top_image_negatives = rule.top_image_negatives
+    rule_mod.attach(model, rule)
     opt = torch.optim.Adam(model.parameters(), lr=rule.lr)
     g = torch.Generator().manual_seed(cfg.seed + 17)
     t0 = time.perf_counter()

@@ -191,8 +191,8 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
         y_neg_table = state.get("y_neg_table")
     steps = len(data.x_train) // cfg.batch_size
     # the fast path's elementwise passes compiled, on long runs on a CPU (as ff.train does)
-    compiled = (fast(net, cfg) and device.type == "cpu"
-                and cfg.epochs * steps >= ff.FUSE_MIN_STEPS)
+    use_fast = fast(net, cfg)
+    compiled = use_fast and device.type == "cpu" and cfg.epochs * steps >= ff.FUSE_MIN_STEPS
     x_eval = data.x_test[: cfg.eval_limit] if cfg.eval_limit else data.x_test
     y_eval = data.y_test[: cfg.eval_limit] if cfg.eval_limit else data.y_test
     for epoch in range(start, cfg.epochs):
@@ -212,7 +212,7 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
                 idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
                 y = data.y_train[idx]
                 y_neg = y_neg_table[idx] if y_neg_table is not None else wrong_labels(y, 10, g)
-                if fast(net, cfg):  # the same gradients without autograd
+                if use_fast:  # the same gradients without autograd
                     for opt in opts:
                         opt.zero_grad(set_to_none=True)
                     losses = ff_recurrent.layer_gradients(net, data.x_train[idx], y, y_neg,
@@ -221,7 +221,7 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
                     losses = layer_losses(net, data.x_train[idx], y, y_neg, cfg)
                 check_finite({f"layer {j + 1} loss": v for j, v in enumerate(losses)}, step,
                              "the recurrent FF network")
-                if fast(net, cfg):
+                if use_fast:
                     for opt in opts:
                         opt.step()
                     sums += torch.stack(losses).float()

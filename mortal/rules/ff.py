@@ -151,6 +151,12 @@ def scale_rows(h: torch.Tensor, c: torch.Tensor,
     return out
 
 
+def rms_scale(sum_squares: torch.Tensor, units: int, eps: float = 1e-8) -> torch.Tensor:
+    """The factor that scales a vector of `units` values with this sum of squares to
+    root-mean-square 1 (`normalise`'s, shared by the fused steps)."""
+    return 1.0 / ((sum_squares / units).sqrt() + eps)
+
+
 def normalise(h: torch.Tensor, eps: float = 1e-8,
               sum_squares: torch.Tensor | None = None) -> torch.Tensor:
     """Scale each example's activity vector to root-mean-square 1 (length sqrt(n)), so the
@@ -158,7 +164,7 @@ def normalise(h: torch.Tensor, eps: float = 1e-8,
     rows' sums of squares when already known."""
     flat = h.flatten(1)
     ss = row_sum_squares(flat) if sum_squares is None else sum_squares
-    scale = 1.0 / ((ss / flat.shape[1]).sqrt() + eps)
+    scale = rms_scale(ss, flat.shape[1], eps)
     return (flat * scale.to(h.dtype)[:, None]).view_as(h)  # h's dtype and memory layout
 
 
@@ -322,11 +328,14 @@ class FFNet(nn.Module):
             return pair_dropout(x, n if phase == "both" else 0, self.rule.dropout, generator)
         return x
 
-    def _fusing(self, layer: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor) -> bool:
+    def _fusing(self, layer: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
+                feature_major: bool | None = None) -> bool:
         """Whether layer's step goes through ff_fused: asked for (`fuse`), one process,
-        sum-of-squares goodness, and a layer/optimiser/input the fused step supports."""
+        sum-of-squares goodness, and a layer/optimiser/input the fused step supports
+        (`feature_major`: the input's layout, when x is not yet in it)."""
         return (self.fuse != "off" and self.grads is None and self.pipe is None
-                and self.sign_of_sum_squares is not None and ff_fused.supports(layer, opt, x))
+                and self.sign_of_sum_squares is not None
+                and ff_fused.supports(layer, opt, x, feature_major))
 
     def _objective(self, g: torch.Tensor, pm: torch.Tensor | None, h: torch.Tensor, n: int,
                    phase: str, i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -383,9 +392,8 @@ class FFNet(nn.Module):
         if self.pipe is not None and not self.pipe.first:
             x = self.pipe.recv()  # the previous stage's normalised activity, pos and neg rows
             n = len(x) // 2 if phase == "both" else 0
-        elif (label_width and phase == "both" and self.fuse != "off" and self.grads is None
-              and self.pipe is None and self.sign_of_sum_squares is not None
-              and ff_fused.supports(self.layers[0], self.optimizers[0], x_pos, True)):
+        elif (label_width and phase == "both"
+              and self._fusing(self.layers[0], self.optimizers[0], x_pos, feature_major=True)):
             n = len(x_pos)
             h, g, loss, x_next = ff_fused.first_layer_step(self, x_pos, x_neg, label_width,
                                                            self.fuse == "compiled")

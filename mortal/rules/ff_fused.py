@@ -33,6 +33,7 @@ import torch
 
 from mortal.arch.dense import Dense
 from mortal.loop import DTYPES
+from mortal.rules import ff  # ff imports this module too; only its functions are used here
 
 
 def post_forward(z: torch.Tensor, b: torch.Tensor, n: int
@@ -198,7 +199,7 @@ def loss_gradient(net, i: int, h: torch.Tensor, ss: torch.Tensor, pm: torch.Tens
     with torch.no_grad():
         c = (2.0 * sign) * grads[0]
         peer = grads[1] / n_pos if pm is not None else torch.zeros(h.shape[0])
-        scale = 1.0 / ((ss / h.shape[0]).sqrt() + 1e-8)
+        scale = ff.rms_scale(ss, h.shape[0])
     return hv, g, loss, c, peer, scale
 
 
@@ -255,9 +256,9 @@ def first_layer_step(net, x_pos: torch.Tensor, x_neg: torch.Tensor, k: int, comp
         labels = torch.cat([x_pos[:, :k], x_neg[:, :k]])  # (2n, k)
         ss_rest = rest.float().square().sum(1)
         ss = torch.cat([ss_rest, ss_rest]) + labels.float().square().sum(1)
-        s = 1.0 / ((ss / d).sqrt() + 1e-8)  # `normalise`'s scale of each input
-        rest_t = rest.t().to(dtype)  # (D - k, n) storage, like every feature-major input
-        rest_t = torch.empty_like(rest_t, memory_format=torch.contiguous_format).copy_(rest_t)
+        s = ff.rms_scale(ss, d)  # `normalise`'s scale of each input
+        # (D - k, n) storage, like every feature-major input: one converting copy
+        rest_t = torch.empty((d - k, n), dtype=dtype, device=rest.device).copy_(rest.t())
         labels_t = labels.t().to(dtype).contiguous()  # (k, 2n)
         low = state.weight(w, dtype)
         u = torch.mm(low[:, k:], rest_t)

@@ -33,15 +33,10 @@ def supports(net: torch.nn.Module) -> bool:
         type(layer) is Dense and layer.act_name in ("relu", "relu_st") for layer in net.layers)
 
 
-def _scale(ss: torch.Tensor, units: int) -> torch.Tensor:
-    """`ff.normalise`'s per-column scale from the columns' sums of squares."""
-    return 1.0 / ((ss / units).sqrt() + 1e-8)
-
-
 def _norm_cols(s: torch.Tensor) -> torch.Tensor:
     """Each column of s (units, N) scaled to root-mean-square 1, in s's dtype."""
     sf = s.float()
-    return (sf * _scale(sf.square().sum(0), s.shape[0])[None, :]).to(s.dtype)
+    return (sf * ff.rms_scale(sf.square().sum(0), s.shape[0])[None, :]).to(s.dtype)
 
 
 def _pre_activation(za: torch.Tensor, zb: torch.Tensor, b: torch.Tensor, reps: int
@@ -60,7 +55,7 @@ def update_state(za: torch.Tensor, zb: torch.Tensor, b: torch.Tensor, s: torch.T
          ).to(s.dtype)
     hf = h.float()
     ss = (hf * hf).sum(0)
-    return h, ss, (hf * _scale(ss, h.shape[0])[None, :]).to(h.dtype)
+    return h, ss, (hf * ff.rms_scale(ss, h.shape[0])[None, :]).to(h.dtype)
 
 
 def state_gradient(h: torch.Tensor, za: torch.Tensor, zb: torch.Tensor, b: torch.Tensor,

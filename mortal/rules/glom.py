@@ -143,6 +143,16 @@ def global_batch(t: torch.Tensor) -> tuple[torch.Tensor, int]:
     return torch.cat(parts), distributed.rank() * len(t)
 
 
+def attach(model: Glom, rule: GlomRule) -> None:
+    """Give the model the rule's local-loss settings, which `local_losses` reads from it
+    (tau, far negatives and their radii, which images are negatives)."""
+    model.tau = rule.tau
+    model.far_negatives = rule.far_negatives
+    model.far_radius = tuple(rule.far_radius)
+    model.image_negatives = rule.image_negatives
+    model.top_image_negatives = rule.top_image_negatives
+
+
 def far_mask(model: Glom) -> torch.Tensor:
     """(L, N, N) bool: the same-image negatives of `info_nce`: column pairs outside each
     level's attention window (the diagonal and global levels excluded), or, when the training
@@ -357,11 +367,7 @@ def train(model: Glom, head: nn.Module, batch: Callable[[int], tuple[torch.Tenso
     if distributed.pipeline_stages():
         raise ConfigError("--pipeline is for FF layer stacks; GLOM needs the whole net in every "
                           "process: use --nproc N (data parallel)")
-    model.tau = rule.tau
-    model.far_negatives = rule.far_negatives
-    model.far_radius = tuple(rule.far_radius)
-    model.image_negatives = rule.image_negatives
-    model.top_image_negatives = rule.top_image_negatives
+    attach(model, rule)
     params = list(model.parameters()) + list(head.parameters())
     opt = make_optimizer("adam", params, rule.lr, rule.weight_decay)
     sync = None
