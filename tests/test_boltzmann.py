@@ -213,3 +213,18 @@ def test_dbn_mnist_label_free_top_validates_and_reads_the_top_layer(tmp_path):
     pen = torch.sigmoid(x @ rbms[0].w + rbms[0].c)
     want = torch.sigmoid(pen @ rbms[1].w + rbms[1].c)
     assert torch.allclose(dbn_mnist.top_features(dbn, x), want, atol=1e-6)
+
+
+def test_standard_results_has_no_throughput_without_epochs():
+    """A headline stage that ran no epochs (dbn-mnist with updown_epochs=0) reports no
+    examples/s rather than 0."""
+    from types import SimpleNamespace
+
+    from mortal.recipes import dbn_mnist
+    from mortal.recipes.common import standard_results
+
+    run = SimpleNamespace(train_seconds=12.0)
+    cfg = dbn_mnist.Config(updown_epochs=0, train_limit=1000)
+    assert standard_results(dbn_mnist.RECIPE, cfg, run, 1000, 5.0)["examples_per_second"] is None
+    cfg = dbn_mnist.Config(updown_epochs=3, train_limit=1000)
+    assert standard_results(dbn_mnist.RECIPE, cfg, run, 1000, 5.0)["examples_per_second"] == 250

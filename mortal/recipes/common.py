@@ -55,6 +55,8 @@ def standard_results(recipe: Any, cfg: Any, run: Any, n_train: int, test_error_p
         "paper_test_error_pct": recipe.paper_test_error_pct if same_setting else None,
         "epochs": cfg.epochs,
         "train_seconds": round(seconds, 2),
-        "examples_per_second": round(n_train * cfg.epochs / seconds, 1) if seconds else None,
+        # None, not 0, when the headline's stage ran no epochs (e.g. dbn-mnist, updown_epochs=0)
+        "examples_per_second": (round(n_train * cfg.epochs / seconds, 1)
+                                if seconds and cfg.epochs else None),
         **extra,
     }

@@ -113,8 +113,9 @@ def render(run_dir: str | Path) -> Path:
             f"| paper | {_fmt(paper) if paper is not None else 'n/a'} |",
             "",
             f"Dataset: {results.get('dataset')}. Epochs: {results.get('epochs')}. "
-            f"Training time: {_fmt(results.get('train_seconds'))} s "
-            f"({_fmt(results.get('examples_per_second'))} examples/s).",
+            f"Training time: {_fmt(results.get('train_seconds'))} s"
+            + (f" ({_fmt(eps)} examples/s)." if (eps := results.get("examples_per_second"))
+               is not None else "."),
             "",
             "## All results",
             "",
