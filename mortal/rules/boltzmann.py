@@ -219,7 +219,8 @@ def cd_gradient(rbm: RBM, v0: torch.Tensor, k: int = 1, chain: GibbsChain | None
     else:
         _, hk = chain.run(rbm, k, g, dtype)
     vk = chain.v
-    grads = {"w": (mm(v0.T, h0, dtype) - mm(vk.T, hk, dtype)) / n,
+    # <v h>_data - <v h>_model as one matmul over both phases (K = 2n): no difference pass
+    grads = {"w": mm(torch.cat([v0, vk]).T, torch.cat([h0, -hk]), dtype).div_(n),
              "b": (v0 - vk).mean(0), "c": (h0 - hk).mean(0)}
     return grads, recon, vk
 
@@ -636,36 +637,39 @@ def updown_step(dbn: DBN, v: torch.Tensor, y: torch.Tensor, k: int, lr: float,
     Sleep: from the top RBM's negative sample, generate downwards; recognition weights learn to
     predict each layer from the one below."""
     n = v.shape[0]
+    low = (lambda w: w) if dtype == "float32" else (lambda w: w.to(DTYPES[dtype]))
+    rec = [(low(w), c) for w, c in dbn.rec]  # cast once per step, used twice each
+    gen = [(low(w), b) for w, b in dbn.gen]
     wake = [v]
-    for w, c in dbn.rec:
+    for w, c in rec:
         wake.append(bernoulli(torch.sigmoid(mm(wake[-1], w, dtype) + c), g))
     top_v = torch.cat([wake[-1], y], 1)
     grads, _, neg = cd_gradient(dbn.top, top_v, k, None, g, dtype)
     sleep = [neg[:, :-dbn.top.n_softmax]]
-    for w, b in reversed(dbn.gen):
+    for w, b in reversed(gen):
         sleep.insert(0, bernoulli(torch.sigmoid(mm(sleep[0], w.T, dtype) + b), g))
     # Every update is computed from the weights before this step; data parallel (a ShardRNG):
     # the batch statistics are averaged across processes first, in one all-reduce.
     stats = {"top." + key: t for key, t in grads.items()}
-    for i, (w, b) in enumerate(dbn.gen):  # wake phase: generative weights
+    for i, (w, b) in enumerate(gen):  # wake phase: generative weights
         err = wake[i] - torch.sigmoid(mm(wake[i + 1], w.T, dtype) + b)
-        stats[f"gen{i}.w"], stats[f"gen{i}.b"] = mm(err.T, wake[i + 1], dtype) / n, err.mean(0)
-    for i, (w, c) in enumerate(dbn.rec):  # sleep phase: recognition weights
+        stats[f"gen{i}.w"], stats[f"gen{i}.b"] = mm(err.T, wake[i + 1], dtype).div_(n), err.mean(0)
+    for i, (w, c) in enumerate(rec):  # sleep phase: recognition weights
         d = sleep[i + 1] - torch.sigmoid(mm(sleep[i], w, dtype) + c)
-        stats[f"rec{i}.w"], stats[f"rec{i}.c"] = mm(sleep[i].T, d, dtype) / n, d.mean(0)
+        stats[f"rec{i}.w"], stats[f"rec{i}.c"] = mm(sleep[i].T, d, dtype).div_(n), d.mean(0)
     if isinstance(g, ShardRNG):
         stats = average_over_processes(stats)
+    decay = 1 - lr * weight_decay  # w += lr (stat - weight_decay w): two in-place passes
     for i, (w, b) in enumerate(dbn.gen):
-        w.add_(lr * (stats[f"gen{i}.w"] - weight_decay * w))
-        b.add_(lr * stats[f"gen{i}.b"])
-    top = dbn.top
-    top.w.add_(lr * (stats["top.w"] - weight_decay * top.w))
-    top.b.add_(lr * stats["top.b"])
-    top.c.add_(lr * stats["top.c"])
+        w.mul_(decay).add_(stats[f"gen{i}.w"], alpha=lr)
+        b.add_(stats[f"gen{i}.b"], alpha=lr)
     for i, (w, c) in enumerate(dbn.rec):
-        w.add_(lr * (stats[f"rec{i}.w"] - weight_decay * w))
-        c.add_(lr * stats[f"rec{i}.c"])
-
+        w.mul_(decay).add_(stats[f"rec{i}.w"], alpha=lr)
+        c.add_(stats[f"rec{i}.c"], alpha=lr)
+    top = dbn.top
+    top.w.mul_(decay).add_(stats["top.w"], alpha=lr)
+    top.b.add_(stats["top.b"], alpha=lr)
+    top.c.add_(stats["top.c"], alpha=lr)
 
 
 def to_mlp(dbn: DBN) -> nn.Sequential:
