@@ -3,7 +3,12 @@ the object classification of a linear probe, and how spread the embeddings are (
 between foreground columns of an image), for the initial nets and after a few local steps.
 
     python scripts/glom_diagnose.py --steps 40 --set beta=3 --set layout=touching
-Prints one JSON line per (nets, iteration): what the recipe would measure, cheaper."""
+Prints one JSON line per (nets, iteration): what the recipe would measure, cheaper.
+
+`--supervise-objects` trains instead by backprop through every iteration with a cross-entropy
+per object, on the mean top-level embedding of that object's columns (the quantity the
+recipe's classification probes): a check of whether the architecture can carry object
+identity to the top level at all when it is told what to carry."""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import torch
 
 from mortal.arch.glom import Glom
 from mortal.data.parts import column_ids, make_parts
+from mortal.loop import autocast
 from mortal.recipes import glom_parts as gp
 from mortal.rules import ff
 from mortal.rules import glom as rule_mod
@@ -95,6 +101,27 @@ def measure(model: Glom, cfg: gp.Config, iters: list[int], n_test: int, n_probe:
     return rows
 
 
+def object_step(model: Glom, head: torch.nn.Module, pb, cfg: gp.Config, rule: rule_mod.GlomRule,
+                opt: torch.optim.Optimizer) -> dict[str, float]:
+    """One backprop step of per-object cross-entropy from the top level after
+    `rule.iterations` iterations (every level and iteration in the graph)."""
+    obj = column_ids(pb.object_ids, cfg.patch)
+    n_obj = pb.classes.shape[1]
+    cols = model.columns(pb.images)
+    with autocast(pb.images.device, rule.dtype):
+        e = model.init_state(cols)
+        for _ in range(rule.iterations):
+            att = model.consensus(e)
+            e = rule_mod.update(e, model.bottom_up(cols, e), model.top_down(e), att,
+                                model.spec.weights)
+    feats, ok = gp.object_features(e[:, -1], obj, n_obj)
+    loss = torch.nn.functional.cross_entropy(head(feats[ok]).float(), pb.classes.reshape(-1)[ok])
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return {"loss_main": float(loss)}
+
+
 def main() -> None:
     """Train `--steps` local steps, measure before and after."""
     ap = argparse.ArgumentParser()
@@ -105,6 +132,8 @@ def main() -> None:
     ap.add_argument("--n-probe", type=int, default=150)
     ap.add_argument("--iters", default="0,5,20")
     ap.add_argument("--no-untrained", action="store_true")
+    ap.add_argument("--supervise-objects", action="store_true",
+                    help="backprop a per-object class loss from the top level instead")
     args = ap.parse_args()
     torch.set_num_threads(1)
     cfg = parse_sets(args.set)
@@ -118,7 +147,8 @@ def main() -> None:
         for row in measure(untrained, cfg, iters, args.n_test, args.n_probe, args.amb, 10_000):
             print(json.dumps({"nets": "untrained", **row}), flush=True)
     rule_mod.attach(model, rule)
-    head = rule_mod.make_head(model, rule)  # paper / supervised modes only
+    head = (torch.nn.Linear(model.spec.dim, 4) if args.supervise_objects
+            else rule_mod.make_head(model, rule))  # paper / supervised modes only
     opt = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=rule.lr)
     g = torch.Generator().manual_seed(cfg.seed + 17)
     t0 = time.perf_counter()
@@ -126,7 +156,9 @@ def main() -> None:
     for step in range(args.steps):
         pb = make_parts(cfg.batch_size, 1_000_003 * (cfg.seed + 1) + step, amb[step % len(amb)],
                         layout=cfg.layout)
-        if rule.mode == "local":
+        if args.supervise_objects:
+            stats = object_step(model, head, pb, cfg, rule, opt)
+        elif rule.mode == "local":
             stats = rule_mod.local_step(model, pb.images, rule, opt)
         else:  # supervised: the class of the first (left) object, as the recipe does
             stats = rule_mod.paper_step(model, head, pb.images, pb.classes[:, 0], rule, opt, g)
