@@ -55,7 +55,7 @@ def test_paper_shapes(depth):
     assert bp[0].weight.shape == (1024, 363, 3) and bp[-1].in_features == 3072
     x = torch.randn(2, 3072)
     assert bp(x).shape == (2, 10)
-    states = net.run(x, rec.one_hot(torch.tensor([1, 2]), 1.0), 2)
+    states = net.run(x, rec.one_hot(torch.tensor([1, 2])), 2)
     assert len(states) == 2 and [s.shape for s in states[-1]] == [(2, 3072)] * depth
     assert net.layers[-1].label.weight.abs().sum() > 0
     zero = fc.ff_net(fc.Config(label_init="zero"), depth)
@@ -89,7 +89,7 @@ def test_top_down_input_is_local():
     torch.manual_seed(0)
     net = fc.ff_net(replace(fc.Config(), image_size=8, kernel=3), 2)
     x = torch.randn(1, 8 * 8 * 3)
-    y = rec.one_hot(torch.tensor([3]), 1.0)
+    y = rec.one_hot(torch.tensor([3]))
     states = net.initial(x)
     above = states[1].clone().view(1, 8, 8, 3)
     above[0, 0, 0], above[0, 0, 1] = states[1].view(1, 8, 8, 3)[0, 0, 1], above[0, 0, 0].clone()

@@ -14,7 +14,7 @@ from tests.conftest import needs_mnist
 
 def test_one_iteration_by_hand():
     torch.manual_seed(0)
-    net = RecurrentStack(6, [4, 3], n_classes=2, damping=0.3)
+    net = RecurrentStack(6, [4, 3], n_classes=2, damping=0.3, label_scale=2.5)
     x, y = torch.rand(5, 6), torch.eye(2)[torch.tensor([0, 1, 1, 0, 1])]
     h1, h2 = torch.rand(5, 4), torch.rand(5, 3)
     new1, new2 = net.step([h1, h2], x, y)
@@ -22,7 +22,8 @@ def test_one_iteration_by_hand():
     w2, b2 = net.layers[1].linear.weight, net.layers[1].linear.bias
     # layer 1 reads the image below and layer 2 above; layer 2 reads layer 1 and the label
     want1 = 0.3 * h1 + 0.7 * torch.relu(torch.cat([normalise(x), normalise(h2)], 1) @ w1.T + b1)
-    want2 = 0.3 * h2 + 0.7 * torch.relu(torch.cat([normalise(h1), normalise(y)], 1) @ w2.T + b2)
+    want2 = 0.3 * h2 + 0.7 * torch.relu(torch.cat([normalise(h1), 2.5 * normalise(y)], 1)
+                                        @ w2.T + b2)
     torch.testing.assert_close(new1, want1)
     torch.testing.assert_close(new2, want2)
     # the start: one bottom-up pass with no top-down input
@@ -86,7 +87,7 @@ def test_fixed_image_part_is_reused_with_the_same_losses_and_gradients(depth, im
     those of flat inputs recomputed at every iteration."""
     from types import SimpleNamespace
 
-    cfg = SimpleNamespace(label_value=1.0, iterations=4, dtype="float32", loss="pairwise",
+    cfg = SimpleNamespace(iterations=4, dtype="float32", loss="pairwise",
                           temperature=2.0, threshold=1.0)
     nets = []
     for cls in (LocalRecurrentStack, _FlatInputs):
@@ -107,17 +108,18 @@ def test_fixed_image_part_is_reused_with_the_same_losses_and_gradients(depth, im
     torch.testing.assert_close(g[0], g[1])
 
 
-@pytest.mark.parametrize("loss,act,widths", [
-    ("pairwise", "relu", (8, 6)), ("threshold", "relu_st", (8, 6, 5)), ("pairwise", "relu", (7,)),
+@pytest.mark.parametrize("loss,act,widths,label_scale", [
+    ("pairwise", "relu", (8, 6), 1.0), ("threshold", "relu_st", (8, 6, 5), 1.0),
+    ("pairwise", "relu", (7,), 3.0),
 ])
-def test_fast_gradients_equal_autograd(loss, act, widths):
+def test_fast_gradients_equal_autograd(loss, act, widths, label_scale):
     """mortal.rules.ff_recurrent's hand-written step gives the reference's losses and weight
     and bias gradients (autograd through layer_losses), fp32."""
     from mortal.rules import ff_recurrent
 
     torch.manual_seed(0)
     cfg = rec.Config(widths=widths, iterations=4, dtype="float32", loss=loss, temperature=2.0)
-    net = RecurrentStack(20, cfg.widths, act=act)
+    net = RecurrentStack(20, cfg.widths, act=act, label_scale=label_scale)
     assert ff_recurrent.supports(net)
     x, y = torch.rand(6, 20), torch.randint(0, 10, (6,))
     y_neg = (y + torch.randint(1, 10, (6,))) % 10
@@ -139,7 +141,7 @@ def test_fast_goodness_equals_reference():
 
     torch.manual_seed(0)
     cfg = rec.Config(widths=(8, 6), iterations=5, dtype="float32", impl="reference")
-    net = RecurrentStack(20, cfg.widths)
+    net = RecurrentStack(20, cfg.widths, label_scale=2.0)
     x = torch.rand(7, 20)
     want = rec.goodness_by_iteration(net, x, cfg, 5, batch_size=4)
     got = ff_recurrent.goodness_by_iteration(net, x, cfg, 5)

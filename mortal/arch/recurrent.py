@@ -7,7 +7,10 @@ below and above it at the previous iteration and moves part of the way to its ne
 
     h_l(t) = damping * h_l(t-1) + (1 - damping) * relu(W_l [norm h_{l-1}(t-1), norm h_{l+1}(t-1)])
 
-(the paper's damping: 0.3 of the old state, 0.7 of the new). States start from one bottom-up
+(the paper's damping: 0.3 of the old state, 0.7 of the new). The label vector is normalised
+like every input and then multiplied by `label_scale` (1: as loud as each layer's other input
+units; a one-hot over 10 classes is 10 of the top layer's 10 + width inputs, so the label's
+share of that layer's input energy is 10 / (10 + width) at 1). States start from one bottom-up
 pass with no top-down input. A learning rule only sees `layers` (tensor -> tensor modules,
 one per hidden layer) and the states the stack hands it, so FF trains it like any stack.
 
@@ -33,8 +36,10 @@ class RecurrentStack(nn.Module):
     """Hidden layers of `widths` between a D-pixel image and a C-way label vector."""
 
     def __init__(self, d_in: int, widths: tuple[int, ...] | list[int], n_classes: int = 10,
-                 damping: float = 0.3, act: str = "relu", init: str = "fan_out") -> None:
+                 damping: float = 0.3, act: str = "relu", init: str = "fan_out",
+                 label_scale: float = 1.0) -> None:
         super().__init__()
+        self.label_scale = label_scale
         below = [d_in, *widths[:-1]]
         above = [*widths[1:], n_classes]
         self.widths = list(widths)
@@ -57,9 +62,12 @@ class RecurrentStack(nn.Module):
                ) -> list[torch.Tensor]:
         """Each layer's input for the next iteration: [norm(below), norm(above)] at t-1."""
         below = [x, *states[:-1]]
-        above = [*states[1:], y]
-        return [torch.cat([normalise(b), normalise(a)], dim=1)
-                for b, a in zip(below, above, strict=True)]
+        above = [normalise(s) for s in states[1:]] + [self.label(y)]
+        return [torch.cat([normalise(b), a], dim=1) for b, a in zip(below, above, strict=True)]
+
+    def label(self, y: torch.Tensor) -> torch.Tensor:
+        """The clamped label vector as the top layer reads it: normalised, times label_scale."""
+        return normalise(y) * self.label_scale
 
     def mix(self, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         """The damped update of one layer's state."""
@@ -155,8 +163,10 @@ class LocalRecurrentStack(RecurrentStack):
 
     def __init__(self, in_shape: tuple[int, int, int], channels: tuple[int, ...] | list[int],
                  kernel: int, n_classes: int = 10, damping: float = 0.3, act: str = "relu",
-                 init: str = "default", impl: str = "gather", band_width: int = 8) -> None:
+                 init: str = "default", impl: str = "gather", band_width: int = 8,
+                 label_scale: float = 1.0) -> None:
         nn.Module.__init__(self)
+        self.label_scale = label_scale
         c, h, w = in_shape
         self.hw = (h, w)
         self.widths = [h * w * o for o in channels]
@@ -189,11 +199,11 @@ class LocalRecurrentStack(RecurrentStack):
         and the normalised label for the top layer; for the first layer, a `SplitInput` with
         the image as its fixed part."""
         if first:
-            rest = self._map(a, dtype).flatten(1) if a is not None else normalise(y).to(dtype)
+            rest = self._map(a, dtype).flatten(1) if a is not None else self.label(y).to(dtype)
             return SplitInput(self._image(b), rest)
         if a is not None:
             return torch.cat([self._map(b, dtype), self._map(a, dtype)], dim=3).flatten(1)
-        return torch.cat([self._map(b, dtype).flatten(1), normalise(y).to(dtype)], dim=1)
+        return torch.cat([self._map(b, dtype).flatten(1), self.label(y).to(dtype)], dim=1)
 
     def initial(self, x: torch.Tensor) -> list[torch.Tensor]:
         """States after one bottom-up pass (top-down and label inputs are zero)."""

@@ -96,7 +96,7 @@ class Config:
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = 1e-3
     weight_decay: float = 0.0
-    label_value: float = 1.0
+    label_value: float = 1.0  # the normalised label's multiplier (RecurrentStack.label)
     label_init: Literal["default", "zero"] = "default"  # the top map's label weights
     softmax_epochs: int = 20
     softmax_lr: float = 1e-2
@@ -168,7 +168,7 @@ def ff_net(cfg: Config, depth: int) -> LocalRecurrentStack:
     """The recurrent FF net: `depth` maps of `channels` per location, bottom-up and top-down."""
     net = LocalRecurrentStack(in_shape(cfg), [cfg.channels] * depth, cfg.kernel,
                               damping=cfg.damping, impl=cfg.local_impl,
-                              band_width=cfg.band_width)
+                              band_width=cfg.band_width, label_scale=cfg.label_value)
     if cfg.label_init == "zero":  # the label starts with no effect; FF learns what it adds
         nn.init.zeros_(net.layers[-1].label.weight)
     return net
@@ -201,7 +201,7 @@ def neutral_features(net: LocalRecurrentStack, x: torch.Tensor, cfg: Config) -> 
     chunks = []
     for i in range(0, len(x), cfg.eval_batch_size):
         xb = x[i : i + cfg.eval_batch_size]
-        y = xb.new_full((len(xb), 10), cfg.label_value / 10)
+        y = xb.new_full((len(xb), 10), 0.1)  # neutral; the net normalises and scales it
         with autocast(x.device, cfg.dtype):
             runs = net.run(xb, y, cfg.score_to)[cfg.score_from - 1 :]
         mean = [sum(r[j].float() for r in runs) / len(runs) for j in range(len(net.layers))]

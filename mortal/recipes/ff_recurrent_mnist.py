@@ -59,6 +59,8 @@ class Config:
     loss: Literal["threshold", "pairwise"] = "pairwise"
     threshold: float = 1.0
     temperature: float = 3.0
+    # the clamped label's loudness: the normalised one-hot times this (1: like every input
+    # unit, so 10 of the top layer's 10 + width inputs; `RecurrentStack.label`)
     label_value: float = 1.0
     hard_negatives_every: int = 5  # epochs between hard-negative tables (0 = uniform wrong labels)
     eval_every: int = 10
@@ -87,9 +89,9 @@ class Config:
         return p
 
 
-def one_hot(y: torch.Tensor, value: float, n: int = 10) -> torch.Tensor:
-    """The clamped label vector."""
-    return nn.functional.one_hot(y, n).float() * value
+def one_hot(y: torch.Tensor, n: int = 10) -> torch.Tensor:
+    """The clamped label vector (the stack sets its loudness: `RecurrentStack.label`)."""
+    return nn.functional.one_hot(y, n).float()
 
 
 def layer_losses(net: RecurrentStack, x: torch.Tensor, y_pos: torch.Tensor, y_neg: torch.Tensor,
@@ -101,7 +103,7 @@ def layer_losses(net: RecurrentStack, x: torch.Tensor, y_pos: torch.Tensor, y_ne
     fn, sign = ff.GOODNESS[goodness]
     n = len(x)
     xx = torch.cat([x, x])
-    yy = torch.cat([one_hot(y_pos, cfg.label_value), one_hot(y_neg, cfg.label_value)])
+    yy = torch.cat([one_hot(y_pos), one_hot(y_neg)])
     with torch.no_grad(), autocast(x.device, cfg.dtype):
         states = net.initial(xx)
     totals = [torch.zeros((), device=x.device) for _ in net.layers]
@@ -153,7 +155,7 @@ def goodness_by_iteration(net: RecurrentStack, x: torch.Tensor, cfg: Config, ite
                 net, xb, cfg, iterations, compiled=compiled)
             continue
         for c in range(10):
-            y = one_hot(torch.full((len(xb),), c, device=x.device), cfg.label_value)
+            y = one_hot(torch.full((len(xb),), c, device=x.device))
             with autocast(x.device, cfg.dtype):
                 runs = net.run(xb, y, iterations)
             for t, states in enumerate(runs):
@@ -179,7 +181,8 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
     seed_everything(cfg.seed)
     device = device_of(cfg.device)
     data = load_split(cfg.dataset, cfg.data_root, device, cfg.train_limit)
-    net = RecurrentStack(data.x_train.shape[1], cfg.widths, damping=cfg.damping).to(device)
+    net = RecurrentStack(data.x_train.shape[1], cfg.widths, damping=cfg.damping,
+                         label_scale=cfg.label_value).to(device)
     opts = [make_optimizer(cfg.optimizer, layer.parameters(), cfg.lr, cfg.weight_decay)
             for layer in net.layers]
     start, state = run.resume_state()

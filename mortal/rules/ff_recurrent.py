@@ -129,8 +129,7 @@ def layer_gradients(net: RecurrentStack, x: torch.Tensor, y_pos: torch.Tensor,
     n_classes = wts.above[-1].shape[1]
     x_t = ff.normalise(x).t().to(dt).contiguous()  # (D, n)
     y = torch.cat([y_pos, y_neg])
-    labels = ff.normalise(F.one_hot(y, n_classes).float() * cfg.label_value)
-    labels = labels.t().to(dt).contiguous()  # (C, 2n)
+    labels = net.label(F.one_hot(y, n_classes).float()).t().to(dt).contiguous()  # (C, 2n)
     image_part = torch.mm(wts.below[0], x_t)  # (w0, n): the image's contribution, once
     states, normed = _initial(net, wts, image_part, 2)
     # each iteration's dz and input blocks, for one weight-gradient matmul per block
@@ -197,8 +196,7 @@ def goodness_by_iteration(net: RecurrentStack, x: torch.Tensor, cfg, iterations:
     wts = _Weights(net, x.shape[1], dt)
     x_t = ff.normalise(x).t().to(dt).contiguous()
     y = torch.arange(n_classes).repeat_interleave(n)  # label c on columns c*n .. (c+1)*n
-    labels = ff.normalise(F.one_hot(y, n_classes).float() * cfg.label_value).t().to(dt)
-    labels = labels.contiguous()
+    labels = net.label(F.one_hot(y, n_classes).float()).t().to(dt).contiguous()
     image_part = torch.mm(wts.below[0], x_t)
     states, normed = _initial(net, wts, image_part, n_classes)
     out = torch.empty(n_classes, n, iterations)
