@@ -119,7 +119,7 @@ def object_step(model: Glom, head: torch.nn.Module, pb, cfg: gp.Config, rule: ru
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return {"loss_main": float(loss)}
+    return {"loss_main": float(loss.detach())}
 
 
 def main() -> None:
