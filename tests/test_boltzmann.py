@@ -228,3 +228,23 @@ def test_standard_results_has_no_throughput_without_epochs():
     assert standard_results(dbn_mnist.RECIPE, cfg, run, 1000, 5.0)["examples_per_second"] is None
     cfg = dbn_mnist.Config(updown_epochs=3, train_limit=1000)
     assert standard_results(dbn_mnist.RECIPE, cfg, run, 1000, 5.0)["examples_per_second"] == 250
+
+
+@needs_mnist
+def test_dbn_mnist_resume_keeps_finished_greedy_layers_results(tmp_path):
+    """Resuming a run whose greedy layers are finished reloads their weights and keeps each
+    layer's recorded reconstruction error (it was overwritten with NaN before)."""
+    import json
+
+    from mortal.recipes import dbn_mnist
+    from mortal.runs import Run
+
+    cfg = dbn_mnist.Config(widths=(30, 20), greedy_epochs=1, updown_epochs=0, bp_epochs=0,
+                           readout_epochs=1, train_limit=600, dtype="float32")
+    first = dbn_mnist.train(cfg, Run(tmp_path / "r", "dbn-mnist", {}, quiet=True))
+    stage = tmp_path / "r" / "stages" / "greedy-1" / "stage.json"
+    before = json.loads(stage.read_text())
+    again = dbn_mnist.train(cfg, Run(tmp_path / "r", "dbn-mnist", {}, quiet=True, resume=True))
+    after = json.loads(stage.read_text())
+    assert math.isfinite(before["recon_error"]) and after == before
+    assert again["greedy_readout_test_error_pct"] == first["greedy_readout_test_error_pct"]

@@ -97,12 +97,15 @@ def greedy(cfg: Config, run: Any, x: torch.Tensor, y1h: torch.Tensor) -> list[bz
 
     def train_layer(rbm: bz.RBM, inputs: torch.Tensor, i: int) -> None:
         stage = run.stage(f"greedy-{i}")
+        finished = stage.done()  # resuming after this layer: keep its recorded results
         top = i == len(cfg.widths) - 1
+        # a finished layer's weights come back from its checkpoint (no epochs left to run)
         out = bz.train_rbm(rbm, inputs, bz.RBMTraining(
             epochs=cfg.greedy_epochs, batch_size=cfg.batch_size, lr=cfg.greedy_lr,
             weight_decay=cfg.weight_decay, dtype=cfg.dtype, seed=cfg.seed + i),
             stage, progress=not run.quiet, name=f"layer{i}", labels=labels if top else None)
-        stage.finish_stage({"layer": i, **out})
+        if finished is None:
+            stage.finish_stage({"layer": i, **out})
 
     return bz.greedy_stack(x, list(cfg.widths), train_layer, cfg.greedy_posterior, cfg.seed,
                            top_labels=labels, dtype=cfg.dtype)
