@@ -107,13 +107,8 @@ def object_step(model: Glom, head: torch.nn.Module, pb, cfg: gp.Config, rule: ru
     `rule.iterations` iterations (every level and iteration in the graph)."""
     obj = column_ids(pb.object_ids, cfg.patch)
     n_obj = pb.classes.shape[1]
-    cols = model.columns(pb.images)
     with autocast(pb.images.device, rule.dtype):
-        e = model.init_state(cols)
-        for _ in range(rule.iterations):
-            att = model.consensus(e)
-            e = rule_mod.update(e, model.bottom_up(cols, e), model.top_down(e), att,
-                                model.spec.weights)
+        e = model(pb.images, rule.iterations)  # Glom.forward: gradients through every step
     feats, ok = gp.object_features(e[:, -1], obj, n_obj)
     loss = torch.nn.functional.cross_entropy(head(feats[ok]).float(), pb.classes.reshape(-1)[ok])
     opt.zero_grad(set_to_none=True)
