@@ -248,3 +248,48 @@ def test_dbn_mnist_resume_keeps_finished_greedy_layers_results(tmp_path):
     after = json.loads(stage.read_text())
     assert math.isfinite(before["recon_error"]) and after == before
     assert again["greedy_readout_test_error_pct"] == first["greedy_readout_test_error_pct"]
+
+
+def _small_dbn() -> bz.DBN:
+    return bz.DBN.from_stack([bz.RBM.init(12, 8, 1), bz.RBM.init(8 + 3, 6, 2, n_softmax=3)])
+
+
+def test_updown_momentum_first_step_is_sgd_and_resume_keeps_the_velocity(tmp_path):
+    """The velocity starts as the first step's statistics, so step 1 with momentum equals plain
+    SGD; a momentum run stopped after one epoch and resumed ends where an unbroken one does."""
+    from mortal.runs import Run
+
+    g = torch.Generator().manual_seed(0)
+    x = bz.bernoulli(torch.full((40, 12), 0.4), g)
+    y = torch.nn.functional.one_hot(torch.arange(40) % 3, 3).float()
+    plain, smooth = _small_dbn(), _small_dbn()
+    bz.updown_step(plain, x, y, 2, 0.1, torch.Generator().manual_seed(1), weight_decay=0.01)
+    vel: dict[str, torch.Tensor] = {}
+    bz.updown_step(smooth, x, y, 2, 0.1, torch.Generator().manual_seed(1), weight_decay=0.01,
+                   momentum=0.9, velocity=vel)
+    assert set(vel) == set(bz.updown_params(smooth))
+    for a, b in zip(bz.updown_params(plain).values(), bz.updown_params(smooth).values(),
+                    strict=True):
+        torch.testing.assert_close(a, b)
+    # a second step moves by lr * (momentum * first statistics + second statistics) != SGD's
+    before = {k: p.clone() for k, p in bz.updown_params(smooth).items()}
+    first = {k: v.clone() for k, v in vel.items()}
+    bz.updown_step(smooth, x, y, 2, 0.1, torch.Generator().manual_seed(2), weight_decay=0.01,
+                   momentum=0.9, velocity=vel)
+    for k, p in bz.updown_params(smooth).items():
+        torch.testing.assert_close(p - before[k], 0.1 * vel[k])
+        assert not torch.allclose(vel[k], first[k])
+
+    cfg = dict(batch_size=10, lr=0.05, momentum=0.9, dtype="float32", seed=3)
+    whole = _small_dbn()
+    bz.train_updown(whole, x, y, bz.UpDownTraining(epochs=2, **cfg), Run(tmp_path / "a", "t", {},
+                                                                         quiet=True))
+    part = _small_dbn()
+    bz.train_updown(part, x, y, bz.UpDownTraining(epochs=1, **cfg), Run(tmp_path / "b", "t", {},
+                                                                        quiet=True))
+    resumed = _small_dbn()  # fresh weights: everything must come from the checkpoint
+    bz.train_updown(resumed, x, y, bz.UpDownTraining(epochs=2, **cfg),
+                    Run(tmp_path / "b", "t", {}, quiet=True, resume=True))
+    for a, b in zip(bz.updown_params(whole).values(), bz.updown_params(resumed).values(),
+                    strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

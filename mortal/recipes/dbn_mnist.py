@@ -54,6 +54,7 @@ class Config:
     batch_size: int = 100
     updown_epochs: int = 300
     updown_lr: float = 0.01
+    updown_momentum: float = 0.0  # 0: plain SGD, as the full default run
     updown_k: tuple[int, ...] = (3, 6, 10)
     updown_eval_every: int = 5
     bp_epochs: int = 30
@@ -83,6 +84,7 @@ class Config:
         check(self.greedy_lr > 0 and self.updown_lr > 0 and self.bp_lr > 0,
               "learning rates must be > 0", p)
         check(self.batch_size >= 1 and self.updown_eval_every >= 1, "sizes must be >= 1", p)
+        check(0 <= self.updown_momentum < 1, "updown_momentum must be in [0, 1)", p)
         check(self.train_limit >= 0, "train_limit must be >= 0", p)
         check(self.top_labels or (self.updown_epochs == 0 and self.bp_epochs == 0),
               "top_labels=false needs updown_epochs=0 and bp_epochs=0 (both use the label "
@@ -183,6 +185,7 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
 
         scores = bz.train_updown(dbn, data.x_train, y1h, bz.UpDownTraining(
             epochs=cfg.updown_epochs, batch_size=cfg.batch_size, lr=cfg.updown_lr,
+            momentum=cfg.updown_momentum,
             k_schedule=cfg.updown_k, dtype=cfg.dtype, seed=cfg.seed), stage, evaluate,
             cfg.updown_eval_every, progress=not run.quiet)
         stage.finish_stage(scores)

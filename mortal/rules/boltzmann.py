@@ -629,13 +629,16 @@ def dbn_predict(dbn: DBN, v: torch.Tensor, batch_size: int = 2000) -> torch.Tens
 
 def updown_step(dbn: DBN, v: torch.Tensor, y: torch.Tensor, k: int, lr: float,
                 g: Rng = None, dtype: str = "float32",
-                weight_decay: float = 0.0) -> None:
+                weight_decay: float = 0.0, momentum: float = 0.0,
+                velocity: dict[str, torch.Tensor] | None = None) -> None:
     """One update of the up-down (contrastive wake-sleep) algorithm on the batch (v, one-hot y).
 
     Wake: sample the layers bottom-up with the recognition weights; generative weights learn
     to predict each layer from the one above. Top: CD-k in the top RBM from the wake state.
     Sleep: from the top RBM's negative sample, generate downwards; recognition weights learn to
-    predict each layer from the one below."""
+    predict each layer from the one below. With `velocity` (a dict the step fills and keeps
+    across steps), each update is smoothed as in the RBMs' training: vel = momentum vel +
+    (stat - weight_decay w), w += lr vel. Without it: w += lr (stat - weight_decay w)."""
     n = v.shape[0]
     low = (lambda w: w) if dtype == "float32" else (lambda w: w.to(DTYPES[dtype]))
     rec = [(low(w), c) for w, c in dbn.rec]  # cast once per step, used twice each
@@ -659,17 +662,33 @@ def updown_step(dbn: DBN, v: torch.Tensor, y: torch.Tensor, k: int, lr: float,
         stats[f"rec{i}.w"], stats[f"rec{i}.c"] = mm(sleep[i].T, d, dtype).div_(n), d.mean(0)
     if isinstance(g, ShardRNG):
         stats = average_over_processes(stats)
-    decay = 1 - lr * weight_decay  # w += lr (stat - weight_decay w): two in-place passes
+    params = updown_params(dbn)
+    if velocity is None:
+        decay = 1 - lr * weight_decay  # w += lr (stat - weight_decay w): two in-place passes
+        for key, p in params.items():
+            (p.mul_(decay) if key.endswith(".w") else p).add_(stats[key], alpha=lr)
+        return
+    for key, p in params.items():
+        s = stats[key]
+        if key.endswith(".w") and weight_decay:
+            s.sub_(p, alpha=weight_decay)
+        if key in velocity:
+            s = velocity[key].mul_(momentum).add_(s)
+        velocity[key] = s
+        p.add_(s, alpha=lr)
+
+
+def updown_params(dbn: DBN) -> dict[str, torch.Tensor]:
+    """The DBN's weights and biases by the names updown_step gives their statistics
+    ("gen0.w", "rec1.c", "top.b", ...): weights end in ".w" and are the ones decayed."""
+    out: dict[str, torch.Tensor] = {}
     for i, (w, b) in enumerate(dbn.gen):
-        w.mul_(decay).add_(stats[f"gen{i}.w"], alpha=lr)
-        b.add_(stats[f"gen{i}.b"], alpha=lr)
+        out[f"gen{i}.w"], out[f"gen{i}.b"] = w, b
     for i, (w, c) in enumerate(dbn.rec):
-        w.mul_(decay).add_(stats[f"rec{i}.w"], alpha=lr)
-        c.add_(stats[f"rec{i}.c"], alpha=lr)
+        out[f"rec{i}.w"], out[f"rec{i}.c"] = w, c
     top = dbn.top
-    top.w.mul_(decay).add_(stats["top.w"], alpha=lr)
-    top.b.add_(stats["top.b"], alpha=lr)
-    top.c.add_(stats["top.c"], alpha=lr)
+    out["top.w"], out["top.b"], out["top.c"] = top.w, top.b, top.c
+    return out
 
 
 def to_mlp(dbn: DBN) -> nn.Sequential:
@@ -703,6 +722,7 @@ class UpDownTraining:
     batch_size: int = 100
     lr: float = 0.01
     weight_decay: float = 1e-5
+    momentum: float = 0.0  # 0: plain SGD (no velocity kept)
     k_schedule: tuple[int, ...] = (3, 6, 10)
     dtype: str = "auto"  # "auto": bf16 where the matmul unit has it (loop.resolve_dtype)
     seed: int = 0
@@ -727,9 +747,12 @@ def train_updown(dbn: DBN, x: torch.Tensor, y_onehot: torch.Tensor, cfg: UpDownT
     dp = distributed.data_parallel()  # as train_rbm: rows of the global batch, averaged updates
     rng: Rng = ShardRNG(g, distributed.rank(), distributed.world()) if dp else g
     start, state = run.resume_state()
+    velocity: dict[str, torch.Tensor] | None = {} if cfg.momentum > 0 else None
     if state is not None:
         dbn.load(state["dbn"])
         g.set_state(state["gen"])
+        if velocity is not None:
+            velocity = {k: v.float().to(x.device) for k, v in state["velocity"].items()}
     scores: dict[str, float] = {}
     for epoch in range(start, cfg.epochs):
         k = cfg.k_at(epoch)
@@ -739,7 +762,7 @@ def train_updown(dbn: DBN, x: torch.Tensor, y_onehot: torch.Tensor, cfg: UpDownT
                 idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
                 idx = distributed.shard(idx) if dp else idx
                 updown_step(dbn, x[idx], y_onehot[idx], k, cfg.lr, rng, cfg.dtype,
-                            cfg.weight_decay)
+                            cfg.weight_decay, cfg.momentum, velocity)
         check_finite({"top.w": dbn.top.w, **{f"rec{i}.w": w for i, (w, _) in
                                              enumerate(dbn.rec)}}, epoch, "up-down")
         row: dict[str, Any] = {"epoch": epoch + 1, "updown_k": k}
@@ -747,7 +770,8 @@ def train_updown(dbn: DBN, x: torch.Tensor, y_onehot: torch.Tensor, cfg: UpDownT
             scores = distributed.from_main(lambda: evaluate(dbn))
             row.update(scores)
         run.log(**row, seconds=run.train_seconds)
-        run.save(epoch + 1, {"dbn": dbn.state(), "gen": g.get_state()})
+        run.save(epoch + 1, {"dbn": dbn.state(), "gen": g.get_state(),
+                             **({"velocity": velocity} if velocity is not None else {})})
         if progress:
             print(f"up-down epoch {epoch + 1}/{cfg.epochs} (k={k}): {scores} "
                   f"({run.train_seconds:.0f} s)", flush=True)
