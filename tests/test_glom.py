@@ -128,6 +128,40 @@ def test_two_views_learn_from_each_others_consensus():
     assert rule.shifted(dot, 0, None).equal(dot)
 
 
+def test_column_rolled_views_match_columns_by_content():
+    """shift_columns: the second view is rolled by whole columns; column n's positive is the
+    other view's consensus at the column that holds n's content (by hand on a 2x3 grid)."""
+    perm = rule.column_permutation((2, 3), (1, -1))
+    # (r, c) -> ((r + 1) % 2, (c - 1) % 3): 0=(0,0)->(1,2)=5, 1->(1,0)=3, 2->(1,1)=4, 3->2, ...
+    assert perm.tolist() == [5, 3, 4, 2, 0, 1]
+    x = torch.rand(3, 1, 8, 12)
+    rolled = rule.roll_columns(x, (1, -1), 4)
+    torch.testing.assert_close(rule.patches(rolled, 4)[:, perm], rule.patches(x, 4))
+    model = Glom(GlomSpec(image=(1, 8, 12), patch=4, n_levels=2, dim=8, hidden=16,
+                          radius=(0.0, 0.0)))
+    model.tau, model.far_negatives, model.image_negatives = 0.1, True, False
+    model.far_radius = (0.0, 0.0)
+    cols = model.columns(torch.cat([x, rolled]))
+    e = model.init_state(cols)
+    losses, bu, td, att = rule.local_losses(model, cols, e, "float32", views=2, align=perm)
+    far, inv = rule.far_mask(model), torch.argsort(perm)
+    assert inv[perm].tolist() == list(range(6))
+    want = (rule.info_nce(bu[:3], att[3:][:, :, perm], 0.1, far, other_images=False)
+            + rule.info_nce(bu[3:], att[:3][:, :, inv], 0.1, far, other_images=False)) / 2
+    torch.testing.assert_close(losses["bu"], want)
+    unaligned, *_ = rule.local_losses(model, cols, e, "float32", views=2)
+    assert not torch.allclose(unaligned["bu"], losses["bu"])
+    with pytest.raises(ValueError, match="views=2"):
+        rule.local_losses(model, cols, e, "float32", align=perm)
+    # the training step draws a roll, and the losses it reports are finite
+    r = rule.GlomRule(iterations=2, views=2, shift_columns=1, far_negatives=True,
+                      image_negatives=False, dtype="float32")
+    rule.attach(model, r)
+    stats = rule.local_step(model, x, r, torch.optim.Adam(model.parameters(), 1e-3),
+                            g=torch.Generator().manual_seed(0))
+    assert all(math.isfinite(v) for v in stats.values())
+
+
 def test_info_nce_hand_computed():
     # Two images, one level, one column; predictions equal their targets (unit vectors x, y).
     t = torch.tensor([[[[1.0, 0.0]]], [[[0.0, 1.0]]]])  # (B=2, L=1, N=1, D=2)

@@ -81,6 +81,9 @@ class Config:
     top_image_negatives: bool = False  # the top level's bottom-up loss with other images anyway
     views: int = 1  # 2: two shifted views of each image, each taught by the other's consensus
     shift: int = 2  # pixels, for views = 2
+    # views = 2: roll the second view by up to this many whole columns (wrapping) and match
+    # columns by content, so position cannot solve the local loss (0: views line up)
+    shift_columns: int = 0
     contrast_weight: float = 0.1
     mask_frac: float = 0.25
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bf16 if native
@@ -112,6 +115,8 @@ class Config:
         check(self.pos_scale >= 0, "pos_scale must be >= 0", p)
         check(0 < self.mask_frac < 1, "mask_frac must be in (0, 1)", p)
         check(self.views in (1, 2) and self.shift >= 0, "views is 1 or 2; shift >= 0", p)
+        check(self.shift_columns >= 0 and (self.shift_columns == 0 or self.views == 2),
+              "shift_columns must be >= 0, and > 0 only with views=2", p)
         check(len(self.far_radius) in (0, self.n_levels) and all(r >= 0 for r in self.far_radius),
               "far_radius is empty (the attention windows) or one value >= 0 per level", p)
         check(self.image_negatives or self.far_negatives,
@@ -143,6 +148,7 @@ def rule_of(cfg: Any, n_classes: int) -> rule_mod.GlomRule:
                              image_negatives=getattr(cfg, "image_negatives", True),
                              top_image_negatives=getattr(cfg, "top_image_negatives", False),
                              views=cfg.views, shift=cfg.shift,
+                             shift_columns=getattr(cfg, "shift_columns", 0),
                              n_classes=n_classes, dtype=cfg.dtype)
 
 

@@ -75,6 +75,13 @@ class GlomRule:
     # between two crops of one image): what agrees must survive the shift, not just the pixels
     views: int = 1
     shift: int = 2
+    # local mode, views = 2: also roll the second view by a random whole number of columns,
+    # up to this many along each axis (one offset per step, wrapping around), and score each
+    # view's prediction at a column against the other view's consensus at the column holding
+    # the *same content*. Its far negatives are then other content, one of them often at the
+    # anchor's own position, so a net that predicts only where a column is loses: position
+    # can no longer solve the loss (docs/glom.md, seventh session). 0: views line up
+    shift_columns: int = 0
     contrast_weight: float = 0.1  # paper mode: weight of the InfoNCE regulariser
     mask_frac: float = 0.25  # paper mode: fraction of columns whose pixels are hidden
     n_classes: int = 10  # supervised mode
@@ -182,14 +189,18 @@ def ink_weights(x: torch.Tensor, patch: int) -> torch.Tensor:
 
 
 def local_losses(model: Glom, cols: torch.Tensor, e: torch.Tensor, dtype: str,
-                 weight: torch.Tensor | None = None, views: int = 1
+                 weight: torch.Tensor | None = None, views: int = 1,
+                 align: torch.Tensor | None = None
                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
     """One local iteration: each net predicts its level from the detached state; returns
     ({"bu": (L,), "td": (L-1,)} losses against the detached consensus, bu, td, consensus),
     averaged over columns, or weighted by `weight` (B, N). Level l's bottom-up loss reaches
     only the bottom-up net of level l, and so on. With `views` = 2 the batch holds two views
     of the same images (first half, second half) and each view's predictions are scored
-    against the *other* view's consensus, the negatives coming from that view too."""
+    against the *other* view's consensus, the negatives coming from that view too. `align`
+    (N,): the second view's column that holds the first view's column n (column-rolled views,
+    `column_permutation`); the other view's consensus is re-indexed by it (and its inverse)
+    so column n's positive is the same content, and far negatives are far in content."""
     e = e.detach()
     with torch.no_grad(), autocast(e.device, dtype):
         att = model.consensus(e).float()
@@ -201,11 +212,16 @@ def local_losses(model: Glom, cols: torch.Tensor, e: torch.Tensor, dtype: str,
     top_others = bool(getattr(model, "top_image_negatives", False))
     mm = DTYPES[dtype]  # the similarity matmuls in the run's dtype (fp32 softmax either way)
     parts = [slice(None)] if views == 1 else [slice(0, len(e) // 2), slice(len(e) // 2, None)]
+    if align is not None and views != 2:
+        raise ValueError("align needs views=2")
+    order = None if align is None else [align, torch.argsort(align)]  # own column -> other's
     losses = {"bu": 0.0, "td": 0.0}
     for i, own in enumerate(parts):
         target = parts[(i + 1) % len(parts)]  # the view itself, or the other one
         w = None if weight is None else weight[own]
         att_all, off = global_batch(att[target])  # negatives from every process's images
+        if order is not None:  # the other view's columns in this view's order of content
+            att_all = att_all[:, :, order[i]]
         if top_others and not others:  # the top level with other images, the rest without
             below = info_nce(bu[own][:, :-1], att_all[:, :-1], tau,
                              None if far is None else far[:-1], off, w, others, mm)
@@ -239,8 +255,15 @@ def local_step(model: Glom, x: torch.Tensor, rule: GlomRule, opt: torch.optim.Op
     parallel, where x is the global batch and this process trains on its slice) and every net
     steps once. With rule.views = 2, two shifted copies of the batch (drawn from `g`) each
     learn from the other's consensus."""
+    align = None
     if rule.views == 2:  # drawn for the global batch, so every process sees the same views
-        x = torch.cat([shifted(x, rule.shift, g), shifted(x, rule.shift, g)])
+        first, second = shifted(x, rule.shift, g), shifted(x, rule.shift, g)
+        if rule.shift_columns > 0:
+            dy, dx = torch.randint(-rule.shift_columns, rule.shift_columns + 1, (2,),
+                                   generator=g).tolist()
+            second = roll_columns(second, (dy, dx), model.spec.patch)
+            align = column_permutation(model.spec.grid, (dy, dx)).to(x.device)
+        x = torch.cat([first, second])
     if sync is not None:
         x = (distributed.shard(x) if rule.views == 1 else
              torch.cat([distributed.shard(v) for v in x.chunk(2)]))
@@ -253,7 +276,8 @@ def local_step(model: Glom, x: torch.Tensor, rule: GlomRule, opt: torch.optim.Op
     opt.zero_grad(set_to_none=True)
     bu_sum = td_sum = 0.0
     for _ in range(rule.iterations):
-        losses, bu, td, att = local_losses(model, cols, e, rule.dtype, weight, rule.views)
+        losses, bu, td, att = local_losses(model, cols, e, rule.dtype, weight, rule.views,
+                                           align)
         loss = (losses["bu"].sum() + losses["td"].sum()) / rule.iterations
         loss.backward()
         bu_sum = bu_sum + losses["bu"].detach()
@@ -273,6 +297,21 @@ def shifted(x: torch.Tensor, max_shift: int, g: torch.Generator | None) -> torch
     """(B, C, H, W) images, each moved by its own integer offset of up to `max_shift` pixels
     along both axes (zero fill): one view of a two-view local step."""
     return jitter(x.flatten(1), max_shift, tuple(x.shape[1:]), g).view_as(x)
+
+
+def roll_columns(x: torch.Tensor, shift: tuple[int, int], patch: int) -> torch.Tensor:
+    """(B, C, H, W) images rolled (wrapping around) by whole columns: shift = (down, right) in
+    columns of `patch` pixels, so the content of column (r, c) lands in column (r + down,
+    c + right), modulo the grid."""
+    return torch.roll(x, (shift[0] * patch, shift[1] * patch), dims=(-2, -1))
+
+
+def column_permutation(grid: tuple[int, int], shift: tuple[int, int]) -> torch.Tensor:
+    """(N,) long: for each column n = r * width + c of an image, the column of the same image
+    rolled by `roll_columns(.., shift, ..)` that holds n's content."""
+    gh, gw = grid
+    r, c = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    return (((r + shift[0]) % gh) * gw + (c + shift[1]) % gw).flatten()
 
 
 def mask_columns(x: torch.Tensor, patch: int, frac: float, g: torch.Generator
