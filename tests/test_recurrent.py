@@ -57,7 +57,14 @@ def test_recurrent_ff_learns_an_mnist_subset(tmp_path):
     run = Run(tmp_path / "r", "ff-recurrent-mnist", {}, quiet=True)
     out = rec.train(cfg, run)
     assert out["test_error_pct"] < 30
+    assert out["train_error_pct"] < out["test_error_pct"]  # the 2000 images it learned from
     assert set(out["test_error_by_single_iteration"]) == {"1", "2", "3", "4"}
+    # input dropout: other inputs, so another net, that still learns
+    cfg.input_dropout = 0.2
+    assert not cfg.validate()
+    drop = rec.train(cfg, Run(tmp_path / "d", "ff-recurrent-mnist", {}, quiet=True))
+    assert drop["test_error_pct"] < 30 and drop["test_error_pct"] != out["test_error_pct"]
+    assert rec.Config(input_dropout=1.0).validate()
 
 
 class _FlatInputs(LocalRecurrentStack):
