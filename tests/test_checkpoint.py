@@ -74,6 +74,23 @@ def test_resume_with_other_config_refused(tmp_path):
         Run(tmp_path / "r", "demo", {"a": 2}, resume=True, quiet=True)
 
 
+def test_resume_accepts_keys_added_since_at_their_defaults(tmp_path):
+    """A run started before a recipe gained a key resumes when the key is at its default (the
+    old code's behaviour), in its stages too; not when the key was set, or a key vanished."""
+    from mortal.config import ConfigError
+
+    Run(tmp_path / "r", "demo", {"a": 1}, quiet=True).stage("s")
+    defaults = {"a": 5, "new": 0.0}
+    run = Run(tmp_path / "r", "demo", {"a": 1, "new": 0.0}, resume=True, quiet=True,
+              defaults=defaults)
+    run.stage("s")  # the stage's own config.json is checked the same way
+    for config, d in (({"a": 1, "new": 0.2}, defaults), ({"a": 1, "new": 0.0}, None),
+                      ({"a": 1, "new": 0.0}, {"a": 1}), ({"new": 0.0}, defaults)):
+        Run(tmp_path / "q", "demo", {"a": 1}, quiet=True)
+        with pytest.raises(ConfigError, match="different"):
+            Run(tmp_path / "q", "demo", config, resume=True, quiet=True, defaults=d)
+
+
 def test_check_finite_names_step_and_layer():
     check_finite({"layer 1": torch.tensor(1.0)}, 3)
     with pytest.raises(NonFiniteError, match=r"step 7.*layer 2=nan"):

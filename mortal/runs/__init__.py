@@ -117,6 +117,19 @@ def check_finite(values: dict[str, torch.Tensor | float], step: int, where: str 
         )
 
 
+def same_config(old: dict[str, Any] | None, new: dict[str, Any],
+                defaults: dict[str, Any] | None = None) -> bool:
+    """Whether a run started with config `old` may resume under `new`: equal, except that keys
+    added to the recipe since (absent from `old`) may appear in `new` at their `defaults`
+    value, which the old code behaved as."""
+    if old is None:
+        return False
+    added = set(new) - set(old)
+    if set(old) - set(new) or any(old[k] != new[k] for k in old):
+        return False
+    return all(defaults is not None and k in defaults and new[k] == defaults[k] for k in added)
+
+
 class Run:
     """One run directory. Training code calls `log`, `save`, `resume_state` and `finish`."""
 
@@ -132,10 +145,12 @@ class Run:
         dtype: str | None = None,
         quiet: bool = False,
         record_env: bool = True,
+        defaults: dict[str, Any] | None = None,
     ) -> None:
         self.dir = Path(out)
         self.recipe = recipe
         self.config = config
+        self.defaults = defaults
         self.resume = resume
         self.quiet = quiet
         self.train_seconds = 0.0
@@ -147,7 +162,8 @@ class Run:
         cfg_path = self.dir / "config.json"
         if resume and cfg_path.exists():
             old = json.loads(cfg_path.read_text())
-            if old.get("recipe") != recipe or old.get("config") != config:
+            if old.get("recipe") != recipe or not same_config(old.get("config"), config,
+                                                              defaults):
                 raise ConfigError(
                     f"cannot resume {self.dir}: it was started with a different recipe or config "
                     f"({old.get('recipe')}). Use the same --set/--config, or a new --out."
@@ -169,7 +185,8 @@ class Run:
         several trainings (a teacher, students, a sweep). With --resume, a finished stage is
         not redone (see `done`) and an unfinished one continues from its checkpoint."""
         return Run(self.dir / "stages" / name, f"{self.recipe}/{name}", self.config,
-                   resume=self.resume, quiet=self.quiet, record_env=False)
+                   resume=self.resume, quiet=self.quiet, record_env=False,
+                   defaults=self.defaults)
 
     def done(self) -> dict[str, Any] | None:
         """The results a stage recorded with `finish_stage`, when resuming; else None."""
