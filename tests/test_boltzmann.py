@@ -293,3 +293,30 @@ def test_updown_momentum_first_step_is_sgd_and_resume_keeps_the_velocity(tmp_pat
     for a, b in zip(bz.updown_params(whole).values(), bz.updown_params(resumed).values(),
                     strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_updown_linear_decay_takes_each_updates_rate(tmp_path):
+    """lr_decay="linear": update j of n gets lr (1 - j/n), as a hand-written loop over the
+    same batches and random stream gives."""
+    from mortal.loop import epoch_order
+    from mortal.runs import Run
+
+    g = torch.Generator().manual_seed(0)
+    x = bz.bernoulli(torch.full((40, 12), 0.4), g)
+    y = torch.nn.functional.one_hot(torch.arange(40) % 3, 3).float()
+    cfg = bz.UpDownTraining(epochs=1, batch_size=10, lr=0.1, lr_decay="linear", k_schedule=(2,),
+                            dtype="float32", seed=3)
+    trained = _small_dbn()
+    bz.train_updown(trained, x, y, cfg, Run(tmp_path / "r", "t", {}, quiet=True))
+    by_hand = _small_dbn()
+    rng = torch.Generator().manual_seed(3 + 777)
+    order = epoch_order(40, 3 + 31, 0)
+    for i in range(4):
+        idx = order[i * 10 : (i + 1) * 10]
+        bz.updown_step(by_hand, x[idx], y[idx], 2, 0.1 * (1 - i / 4), rng, "float32",
+                       cfg.weight_decay)
+    for a, b in zip(bz.updown_params(trained).values(), bz.updown_params(by_hand).values(),
+                    strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert bz.decayed_lr(0.1, "linear", 2, 8) == 0.1 * 0.75 and bz.decayed_lr(0.1, "constant",
+                                                                               7, 8) == 0.1

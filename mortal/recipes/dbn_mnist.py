@@ -55,6 +55,7 @@ class Config:
     updown_epochs: int = 300
     updown_lr: float = 0.01
     updown_momentum: float = 0.0  # 0: plain SGD, as the full default run
+    updown_lr_decay: Literal["constant", "linear"] = "constant"  # linear: lr -> 0 over the run
     updown_k: tuple[int, ...] = (3, 6, 10)
     updown_eval_every: int = 5
     bp_epochs: int = 30
@@ -185,7 +186,7 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
 
         scores = bz.train_updown(dbn, data.x_train, y1h, bz.UpDownTraining(
             epochs=cfg.updown_epochs, batch_size=cfg.batch_size, lr=cfg.updown_lr,
-            momentum=cfg.updown_momentum,
+            momentum=cfg.updown_momentum, lr_decay=cfg.updown_lr_decay,
             k_schedule=cfg.updown_k, dtype=cfg.dtype, seed=cfg.seed), stage, evaluate,
             cfg.updown_eval_every, progress=not run.quiet)
         stage.finish_stage(scores)
@@ -225,8 +226,10 @@ def report(cfg: Config, run: Any, dbn: bz.DBN, data: Split, greedy_err: float | 
         lines.append(f"| backprop fine-tuning, {cfg.bp_epochs} epochs | "
                      f"{PAPER_BACKPROP_PCT if full else 'n/a'} | {bp['test_error_pct']:.2f} |")
     if ud_err is not None:
+        rate = f"lr {cfg.updown_lr}" + (" -> 0" if cfg.updown_lr_decay == "linear" else "")
+        rate += f", momentum {cfg.updown_momentum}" if cfg.updown_momentum else ""
         lines.append(f"| up-down fine-tuning, {cfg.updown_epochs} epochs (CD-"
-                     f"{'/'.join(map(str, cfg.updown_k))}) | {1.25 if full else 'n/a'} | "
+                     f"{'/'.join(map(str, cfg.updown_k))}, {rate}) | {1.25 if full else 'n/a'} | "
                      f"{ud_err:.2f} |")
     (run.dir / "table.md").write_text("\n".join(lines) + "\n")
     headline = ud_err if ud_err is not None else greedy_err if greedy_err is not None else readout

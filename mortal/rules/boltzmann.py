@@ -260,15 +260,21 @@ class RBMTraining:
 
     def lr_at(self, epoch: int, step: int, steps: int) -> float:
         """Learning rate of update `step` (0-based) of `epoch` (0-based), `steps` per epoch."""
-        if self.lr_decay == "constant":
-            return self.lr
-        return self.lr * (1 - (epoch * steps + step) / (self.epochs * steps))
+        return decayed_lr(self.lr, self.lr_decay, epoch * steps + step, self.epochs * steps)
 
     def k_at(self, epoch: int) -> int:
         """Gibbs steps of the negative phase at `epoch` (0-based)."""
         if self.k_end <= self.k or self.epochs <= 1:
             return self.k
         return round(self.k + (self.k_end - self.k) * epoch / (self.epochs - 1))
+
+
+def decayed_lr(lr: float, decay: str, update: int, updates: int) -> float:
+    """The rate of update `update` (0-based) of `updates`: lr throughout ("constant"), or
+    falling linearly from lr to 0 ("linear")."""
+    if decay == "constant":
+        return lr
+    return lr * (1 - update / updates)
 
 
 def train_rbm(rbm: RBM, x: torch.Tensor, cfg: RBMTraining, run: Run | None = None,
@@ -723,6 +729,7 @@ class UpDownTraining:
     lr: float = 0.01
     weight_decay: float = 1e-5
     momentum: float = 0.0  # 0: plain SGD (no velocity kept)
+    lr_decay: Literal["constant", "linear"] = "constant"  # linear: lr -> 0 over the run
     k_schedule: tuple[int, ...] = (3, 6, 10)
     dtype: str = "auto"  # "auto": bf16 where the matmul unit has it (loop.resolve_dtype)
     seed: int = 0
@@ -761,7 +768,8 @@ def train_updown(dbn: DBN, x: torch.Tensor, y_onehot: torch.Tensor, cfg: UpDownT
             for i in range(steps):
                 idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
                 idx = distributed.shard(idx) if dp else idx
-                updown_step(dbn, x[idx], y_onehot[idx], k, cfg.lr, rng, cfg.dtype,
+                lr = decayed_lr(cfg.lr, cfg.lr_decay, epoch * steps + i, cfg.epochs * steps)
+                updown_step(dbn, x[idx], y_onehot[idx], k, lr, rng, cfg.dtype,
                             cfg.weight_decay, cfg.momentum, velocity)
         check_finite({"top.w": dbn.top.w, **{f"rec{i}.w": w for i, (w, _) in
                                              enumerate(dbn.rec)}}, epoch, "up-down")
