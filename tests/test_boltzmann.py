@@ -320,3 +320,27 @@ def test_updown_linear_decay_takes_each_updates_rate(tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert bz.decayed_lr(0.1, "linear", 2, 8) == 0.1 * 0.75 and bz.decayed_lr(0.1, "constant",
                                                                                7, 8) == 0.1
+
+
+def test_dbn_mnist_greedy_from_reuses_a_finished_stack(tmp_path):
+    """greedy_from: a second run fine-tunes the first run's greedy stack instead of training
+    its own (the same stack, so the same greedy readout); other widths are refused."""
+    import pytest
+
+    from mortal.config import ConfigError
+    from mortal.recipes import dbn_mnist
+    from mortal.runs import Run
+
+    cfg = dbn_mnist.Config(widths=(30, 20), greedy_epochs=1, updown_epochs=0, bp_epochs=0,
+                           readout_epochs=1, train_limit=600, dtype="float32")
+    first = dbn_mnist.train(cfg, Run(tmp_path / "a", "dbn-mnist", {}, quiet=True))
+    cfg.greedy_from = str(tmp_path / "a")
+    assert not cfg.validate()
+    again = dbn_mnist.train(cfg, Run(tmp_path / "b", "dbn-mnist", {}, quiet=True))
+    assert again["greedy_test_error_pct"] == first["greedy_test_error_pct"]
+    assert again["greedy_readout_test_error_pct"] == first["greedy_readout_test_error_pct"]
+    assert not (tmp_path / "b" / "stages").exists()  # nothing trained here
+    cfg.widths = (30, 25)
+    with pytest.raises(ConfigError, match="greedy_from"):
+        dbn_mnist.train(cfg, Run(tmp_path / "c", "dbn-mnist", {}, quiet=True))
+    assert dbn_mnist.Config(greedy_from=str(tmp_path / "nowhere")).validate()

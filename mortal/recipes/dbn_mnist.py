@@ -19,16 +19,17 @@ initialised from the label weights) is the comparison of Hinton & Salakhutdinov 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from mortal import distributed
-from mortal.config import check
+from mortal.config import ConfigError, check
 from mortal.loop import device_of, resolve_dtype, seed_everything
 from mortal.recipes import Recipe, register
 from mortal.recipes.common import load_split, standard_results
-from mortal.recipes.rbm_mnist import readout_error, save_grid
+from mortal.recipes.rbm_mnist import readout_error, save_grid, start_weights
 from mortal.rules import backprop
 from mortal.rules import boltzmann as bz
 from mortal.rules.backprop import Split
@@ -47,6 +48,10 @@ class Config:
     greedy_epochs: int = 30
     greedy_lr: float = 0.1
     greedy_posterior: Literal["means", "samples"] = "means"
+    # a dbn-mnist run directory whose finished greedy stack (stages/greedy-*/) this run
+    # fine-tunes instead of training its own (same widths and labels): fine-tuning studies
+    # without 10 minutes of greedy training each; "" trains the stack here
+    greedy_from: str = ""
     # False: no label units in the top RBM (a purely unsupervised greedy stack, read out by a
     # linear softmax only; free-energy classification, up-down and backprop need the labels)
     top_labels: bool = True
@@ -86,6 +91,8 @@ class Config:
               "learning rates must be > 0", p)
         check(self.batch_size >= 1 and self.updown_eval_every >= 1, "sizes must be >= 1", p)
         check(0 <= self.updown_momentum < 1, "updown_momentum must be in [0, 1)", p)
+        check(not self.greedy_from or (Path(self.greedy_from) / "stages").is_dir(),
+              "greedy_from: a dbn-mnist run directory (with stages/greedy-*)", p)
         check(self.train_limit >= 0, "train_limit must be >= 0", p)
         check(self.top_labels or (self.updown_epochs == 0 and self.bp_epochs == 0),
               "top_labels=false needs updown_epochs=0 and bp_epochs=0 (both use the label "
@@ -99,6 +106,9 @@ def greedy(cfg: Config, run: Any, x: torch.Tensor, y1h: torch.Tensor) -> list[bz
     labels = y1h if cfg.top_labels else None
 
     def train_layer(rbm: bz.RBM, inputs: torch.Tensor, i: int) -> None:
+        if cfg.greedy_from:
+            rbm.load(finished_layer(cfg.greedy_from, i, rbm))
+            return
         stage = run.stage(f"greedy-{i}")
         finished = stage.done()  # resuming after this layer: keep its recorded results
         top = i == len(cfg.widths) - 1
@@ -112,6 +122,16 @@ def greedy(cfg: Config, run: Any, x: torch.Tensor, y1h: torch.Tensor) -> list[bz
 
     return bz.greedy_stack(x, list(cfg.widths), train_layer, cfg.greedy_posterior, cfg.seed,
                            top_labels=labels, dtype=cfg.dtype)
+
+
+def finished_layer(run_dir: str, i: int, like: bz.RBM) -> dict[str, torch.Tensor]:
+    """Layer i's final RBM weights from a dbn-mnist run's finished greedy stage, checked
+    against `like`'s shapes."""
+    stage = Path(run_dir) / "stages" / f"greedy-{i}"
+    if not (stage / "stage.json").exists() or not (stage / "checkpoint.safetensors").exists():
+        raise ConfigError(f"greedy_from: {stage} holds no finished greedy layer; give a "
+                          "dbn-mnist run directory whose greedy stage finished")
+    return start_weights(stage, like, "greedy_from")
 
 
 def dbn_error(dbn: bz.DBN, x: torch.Tensor, y: torch.Tensor) -> float:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from mortal import distributed
-from mortal.config import check
+from mortal.config import ConfigError, check
 from mortal.loop import device_of, resolve_dtype, seed_everything
 from mortal.recipes import Recipe, register
 from mortal.recipes.common import load_split, standard_results
@@ -134,13 +134,16 @@ def readout_error(feats_train: torch.Tensor, y_train: torch.Tensor, feats_test: 
     return ff.error_pct(ff.softmax_predict(head, feats_test), y_test)
 
 
-def start_weights(run_dir: str, like: bz.RBM) -> dict[str, torch.Tensor]:
-    """The final RBM weights of a finished rbm-mnist run, checked against `like`'s shapes."""
+def start_weights(run_dir: str | Path, like: bz.RBM, option: str = "init_from"
+                  ) -> dict[str, torch.Tensor]:
+    """The final RBM weights of a finished RBM training (an rbm-mnist run, or a greedy stage
+    of dbn-mnist), checked against `like`'s shapes; errors name the config `option`."""
     state = ckpt.load(Path(run_dir) / "checkpoint.safetensors")["state"]["rbm"]
     for k, v in like.state().items():
-        if state[k].shape != v.shape:
-            raise ValueError(f"init_from {run_dir}: {k} has shape {tuple(state[k].shape)}, "
-                             f"this run needs {tuple(v.shape)}")
+        if k not in state or state[k].shape != v.shape:
+            got = tuple(state[k].shape) if k in state else "missing"
+            raise ConfigError(f"{option} {run_dir}: {k} has shape {got}, this run needs "
+                              f"{tuple(v.shape)}")
     return {k: v.to(like.w.device) for k, v in state.items()}
 
 
