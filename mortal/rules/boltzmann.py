@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mortal import distributed
-from mortal.loop import DTYPES, epoch_order, resolve_dtype
+from mortal.loop import DTYPES, epoch_order, lr_factor, resolve_dtype
 from mortal.runs import Run, check_finite
 
 Hidden = Literal["binary", "nrelu"]
@@ -271,10 +271,8 @@ class RBMTraining:
 
 def decayed_lr(lr: float, decay: str, update: int, updates: int) -> float:
     """The rate of update `update` (0-based) of `updates`: lr throughout ("constant"), or
-    falling linearly from lr to 0 ("linear")."""
-    if decay == "constant":
-        return lr
-    return lr * (1 - update / updates)
+    falling linearly from lr to 0 ("linear"), by the training loops' `loop.lr_factor`."""
+    return lr * lr_factor(decay, update, updates)
 
 
 def train_rbm(rbm: RBM, x: torch.Tensor, cfg: RBMTraining, run: Run | None = None,
