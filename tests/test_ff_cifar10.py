@@ -130,3 +130,28 @@ def test_smoke_run_writes_every_cell(tmp_path, monkeypatch):
     # even this tiny run learns something: the best FF cell beats chance (90 %)
     assert saved["test_error_pct"] < 85.0
     shutil.rmtree(tmp_path / "run")
+
+
+def test_hard_negatives_table_is_wrong_labels_and_checkpointed(tmp_path):
+    """hard_negatives_every=1: from the second epoch the negatives come from a table of the
+    net's own every-label beliefs, never the true label, saved with the checkpoint."""
+    from mortal.recipes.common import Split
+    from mortal.runs import Run
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(60) % 10
+    x = torch.randn(60, 4 * 4 * 3, generator=g) + y[:, None] * 0.1
+    data = Split(x, y, x[:20], y[:20])
+    cfg = fc.Config(epochs=2, batch_size=20, image_size=4, kernel=3, iterations=3,
+                    score_from=2, score_to=3, softmax_epochs=1, eval_batch_size=60,
+                    eval_train_limit=20, hard_negatives_every=1, dtype="float32")
+    assert cfg.validate() == []
+    run = Run(tmp_path / "run", "ff-cifar10", {}, quiet=True)
+    out = fc.train_ff(cfg, data, 2, "min_ssq", run.stage("ff"))
+    epoch, state = Run(tmp_path / "run", "ff-cifar10", {}, quiet=True, resume=True
+                       ).stage("ff").resume_state()
+    assert epoch == 2 and state is not None
+    table = state["y_neg_table"]
+    assert table.shape == (60,) and not (table == y).any()
+    assert 0 <= out["every_label"]["test_error_pct"] <= 100
+    assert fc.Config(hard_negatives_every=-1).validate()

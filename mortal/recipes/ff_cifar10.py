@@ -38,7 +38,7 @@ from tqdm import tqdm
 from mortal.arch.local import local_stack
 from mortal.arch.recurrent import LocalRecurrentStack
 from mortal.config import check
-from mortal.data.negatives import wrong_labels
+from mortal.data.negatives import hard_wrong_labels, wrong_labels
 from mortal.loop import (
     autocast,
     device_of,
@@ -98,6 +98,9 @@ class Config:
     weight_decay: float = 0.0
     label_value: float = 1.0  # the normalised label's multiplier (RecurrentStack.label)
     label_init: Literal["default", "zero"] = "default"  # the top map's label weights
+    # epochs between tables of hard negatives: wrong labels drawn in proportion to the net's
+    # own every-label goodness on the training images, as ff-recurrent-mnist (0 = uniform)
+    hard_negatives_every: int = 0
     softmax_epochs: int = 20
     softmax_lr: float = 1e-2
     bp_lr: float = 1e-3
@@ -130,6 +133,7 @@ class Config:
               "lr, bp_lr and temperature must be > 0", p)
         check(min(self.train_limit, self.eval_train_limit, self.test_limit) >= 0,
               "train_limit, eval_train_limit and test_limit must be >= 0 (0 = all)", p)
+        check(self.hard_negatives_every >= 0, "hard_negatives_every must be >= 0", p)
         check(self.eval_batch_size >= 1 and self.softmax_epochs >= 1,
               "eval_batch_size and softmax_epochs must be >= 1", p)
         return p
@@ -218,13 +222,19 @@ def train_ff(cfg: Config, data: Split, depth: int, goodness: str, stage: Any
     opts = [make_optimizer(cfg.optimizer, layer.parameters(), cfg.lr, cfg.weight_decay)
             for layer in net.layers]
     start, state = stage.resume_state()
+    y_neg_table = None
     if state is not None:
         net.load_state_dict(state["net"])
         for opt, s in zip(opts, state["optimizers"], strict=True):
             opt.load_state_dict(s)
+        y_neg_table = state.get("y_neg_table")
     steps = len(data.x_train) // cfg.batch_size
     for epoch in range(start, cfg.epochs):
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        if cfg.hard_negatives_every and epoch > 0 and epoch % cfg.hard_negatives_every == 0:
+            with stage.timed():  # wrong labels in proportion to the net's own beliefs
+                scores = every_label_scores(net, data.x_train, cfg, goodness)
+                y_neg_table = hard_wrong_labels(scores / scores.std(), data.y_train, g)
         order = epoch_order(len(data.x_train), cfg.seed, epoch, device)
         sums = torch.zeros(depth)
         with stage.timed():
@@ -235,15 +245,18 @@ def train_ff(cfg: Config, data: Split, depth: int, goodness: str, stage: Any
                     set_lr(opt, cfg.lr * ff.cooldown_factor(step / (cfg.epochs * steps)))
                 idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
                 y = data.y_train[idx]
-                losses = rec.layer_losses(net, data.x_train[idx], y, wrong_labels(y, 10, g),
-                                          cfg, GOODNESS[goodness])
+                y_neg = y_neg_table[idx] if y_neg_table is not None else wrong_labels(y, 10, g)
+                losses = rec.layer_losses(net, data.x_train[idx], y, y_neg, cfg,
+                                          GOODNESS[goodness])
                 check_finite({f"layer {j + 1} loss": v for j, v in enumerate(losses)}, step,
                              f"the {depth}-layer FF net ({goodness})")
                 sums += rec.update(opts, losses)
         stage.log(epoch=epoch + 1, seconds=round(stage.train_seconds, 2),
                   **{f"loss_layer{j + 1}": float(v / steps) for j, v in enumerate(sums)})
         stage.save(epoch + 1, {"net": net.state_dict(),
-                               "optimizers": [o.state_dict() for o in opts]})
+                               "optimizers": [o.state_dict() for o in opts],
+                               **({"y_neg_table": y_neg_table} if y_neg_table is not None
+                                  else {})})
     train_seconds = stage.train_seconds
     n_eval = cfg.eval_train_limit or len(data.x_train)
     x_tr, y_tr = data.x_train[:n_eval], data.y_train[:n_eval]
