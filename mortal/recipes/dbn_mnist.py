@@ -60,8 +60,11 @@ class Config:
     batch_size: int = 100
     updown_epochs: int = 300
     updown_lr: float = 0.01
-    updown_momentum: float = 0.0  # 0: plain SGD, as the full default run
-    updown_lr_decay: Literal["constant", "linear"] = "constant"  # linear: lr -> 0 over the run
+    # momentum 0.9 and the rate falling linearly to 0: 1.41 % after the 300 epochs, against
+    # 1.62 % for plain SGD at a constant rate (momentum 0, "constant"), the default until
+    # 2026-12-06 (docs/boltzmann.md)
+    updown_momentum: float = 0.9
+    updown_lr_decay: Literal["constant", "linear"] = "linear"  # linear: lr -> 0 over the run
     updown_k: tuple[int, ...] = (3, 6, 10)
     updown_eval_every: int = 5
     bp_epochs: int = 30
