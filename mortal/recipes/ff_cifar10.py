@@ -92,7 +92,10 @@ class Config:
     score_to: int = 5
     loss: Literal["pairwise", "threshold"] = "pairwise"
     threshold: float = 1.0                     # per unit (threshold loss only)
-    temperature: float = 3.0
+    # the pairwise loss's temperature: goodness differences of these 3072-unit maps run to tens,
+    # and at 3 the loss is dominated by a few large errors; 30 gave every-label 55.7 % against
+    # 61.9 % (min ssq) in a 5000-image study (docs/ff_cifar10.md, 2026-12-06)
+    temperature: float = 30.0
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = 1e-3
     weight_decay: float = 0.0
