@@ -53,7 +53,7 @@ def test_recurrent_ff_learns_an_mnist_subset(tmp_path):
 
     cfg = rec.Config(widths=(200, 200), epochs=3, batch_size=100, iterations=4, score_from=2,
                      score_to=4, hard_negatives_every=0, eval_every=100, train_limit=2000,
-                     lr=1e-3, dtype="float32")
+                     lr=1e-3, input_dropout=0.0, dtype="float32")
     run = Run(tmp_path / "r", "ff-recurrent-mnist", {}, quiet=True)
     out = rec.train(cfg, run)
     assert out["test_error_pct"] < 30
