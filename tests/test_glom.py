@@ -415,3 +415,32 @@ def test_pos_scale_sets_how_much_position_reaches_the_nets():
         b0 = model.bottom_up(cols, model.init_state(cols))[0, 0]  # (N, D) level 0
         assert torch.allclose(b0[0], b0[1]) == same
     assert "pos_scale" in " ".join(GlomSpec(image=(1, 4, 4), pos_scale=-1.0).problems())
+
+
+def test_column_classes_hand_computed():
+    obj = torch.zeros(1, 4, 4, dtype=torch.long)
+    obj[0, :2, :2] = 1  # top-left patch: object 1
+    obj[0, 2:, 2:] = 2  # bottom-right patch: object 2
+    classes = torch.tensor([[3, 0]])
+    assert parts.column_classes(obj, classes, 2).tolist() == [[3, -1, -1, 0]]
+
+
+def test_supervised_per_column_loss_is_the_cross_entropy_of_labelled_columns():
+    torch.manual_seed(0)
+    model = small_glom(2)
+    r = rule.GlomRule(mode="supervised", iterations=2, n_classes=3, dtype="float32")
+    head = rule.make_head(model, r)
+    x = torch.rand(2, 1, 8, 8)
+    y = torch.tensor([[0, -1, 2, 1], [-1, -1, 1, -1]])  # 4 columns, -1: no object
+    with torch.no_grad():  # the same forward by hand
+        cols = model.columns(x)
+        e = model.init_state(cols)
+        for _ in range(2):
+            e = update(e, model.bottom_up(cols, e), model.top_down(e), model.consensus(e),
+                       model.spec.weights)
+        logits = head(e[:, -1])
+        keep = y >= 0
+        want = torch.nn.functional.cross_entropy(logits[keep], y[keep])
+    opt = torch.optim.SGD([*model.parameters(), *head.parameters()], lr=0.0)
+    got = rule.paper_step(model, head, x, y, r, opt, torch.Generator().manual_seed(0))
+    assert got["loss_main"] == pytest.approx(float(want), rel=1e-5)

@@ -168,6 +168,14 @@ def column_ids(ids: torch.Tensor, patch: int, min_fg: float = 0.25) -> torch.Ten
     return torch.where(fg.sum(2) >= min_fg * patch * patch, best, torch.zeros_like(best))
 
 
+def column_classes(object_ids: torch.Tensor, classes: torch.Tensor, patch: int) -> torch.Tensor:
+    """(N, H, W) pixel object ids and (N, n_objects) their classes -> (N, columns) the class of
+    the object each patch shows (by `column_ids`), -1 for background: per-column labels."""
+    obj = column_ids(object_ids, patch)
+    cls = classes.gather(1, (obj - 1).clamp_min(0))
+    return torch.where(obj > 0, cls, torch.full_like(cls, -1))
+
+
 def max_overlap_free_scale() -> float:
     """The largest size factor at which no two parts of any template touch at any ambiguity
     (checked by the tests against SCALE_JITTER): the smallest gap ratio over all part pairs."""

@@ -15,6 +15,8 @@ is no overfitting to a training set). Then, per ambiguity, on fresh test images:
                  parts and objects, averaged over images
   classification a linear softmax on each object's mean top-level embedding (over its true
                  columns), trained on other images' objects: labels reach only the probe
+mode=supervised (the like-for-like eGLOM-lite comparison) is backprop through the iterations
+of a cross-entropy at every object column of the top level, each naming its object's class.
 Every measure is also taken for the same GLOM with its initial (random) nets, and results.json
 holds both and their difference per level (learning_gain_per_ambiguity).
 Pictures: every level, every iteration, PCA to RGB with island boundaries (PNG and GIF).
@@ -32,7 +34,7 @@ import torch
 from mortal import distributed
 from mortal.arch.glom import Glom, GlomSpec
 from mortal.config import check
-from mortal.data.parts import column_ids, make_parts
+from mortal.data.parts import column_classes, column_ids, make_parts
 from mortal.loop import device_of, resolve_dtype, seed_everything
 from mortal.recipes import Recipe, register
 from mortal.recipes.common import standard_results
@@ -370,6 +372,9 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
     def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         pb = make_parts(cfg.batch_size, 1_000_003 * (cfg.seed + 1) + step, amb[step % len(amb)],
                         layout=cfg.layout)
+        if cfg.mode == "supervised":  # every object's columns learn its class (eGLOM)
+            return pb.images.to(device), column_classes(pb.object_ids, pb.classes,
+                                                        cfg.patch).to(device)
         return pb.images.to(device), pb.classes[:, 0].to(device)
 
     rule_mod.train(model, head, batch, cfg.epochs * cfg.steps_per_epoch, rule, run,

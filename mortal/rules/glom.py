@@ -12,7 +12,8 @@ mode="paper": backprop through all iterations of a denoising objective (reconstr
   pixels of masked columns from level 0), plus the same InfoNCE regulariser on the live
   (not detached) predictions.
 mode="supervised": backprop through all iterations of a cross-entropy on a linear head over
-  the top level's mean across columns (the backprop-trained GLOM classifier).
+  the top level's mean across columns (the backprop-trained GLOM classifier), or, given one
+  label per column, over every labelled column of the top level (as eGLOM is trained).
 
 Measuring: `cluster` (average-linkage agglomerative clustering of a level's columns on cosine
 similarity, cut at a threshold), `adjusted_rand_index`, and `level_ari` per level against
@@ -365,6 +366,11 @@ def paper_step(model: Glom, head: nn.Module, x: torch.Tensor, y: torch.Tensor | 
                 count = distributed.all_sum(count.clone()) / distributed.world()
             main = (err * masked).sum() / count.clamp_min(1)
             loss = main + rule.contrast_weight * reg / rule.iterations
+        elif y.dim() == 2:  # (B, N) a class per column, -1 where no object: every column
+            # holding an object learns to name it (eGLOM's per-location supervision)
+            logits = head(e[:, -1])  # (B, N, K)
+            main = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1)
+            loss = main
         else:
             logits = head(e[:, -1].mean(1))
             main = F.cross_entropy(logits.float(), y)
