@@ -444,3 +444,25 @@ def test_supervised_per_column_loss_is_the_cross_entropy_of_labelled_columns():
     opt = torch.optim.SGD([*model.parameters(), *head.parameters()], lr=0.0)
     got = rule.paper_step(model, head, x, y, r, opt, torch.Generator().manual_seed(0))
     assert got["loss_main"] == pytest.approx(float(want), rel=1e-5)
+
+
+def test_view_mask_hides_whole_columns_in_each_view_independently():
+    model = Glom(GlomSpec(image=(1, 16, 16), patch=4, n_levels=2, dim=8, hidden=16,
+                          radius=(0.0, 0.0)))
+    seen = []
+    columns = model.columns
+
+    def spy(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.clone())
+        return columns(x)
+
+    model.columns = spy
+    r = rule.GlomRule(views=2, shift=0, view_mask=0.5, ink_only=True, dtype="float32")
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    rule.local_step(model, torch.ones(8, 1, 16, 16), r, opt, g=torch.Generator().manual_seed(0))
+    x = seen[0]  # (16, 1, 16, 16): the two views of 8 images
+    per_col = x.unfold(2, 4, 4).unfold(3, 4, 4).sum((-1, -2)).flatten(1)  # (16, 16) columns
+    assert set(per_col.unique().tolist()) == {0.0, 16.0}  # whole columns hidden, others intact
+    hidden = per_col == 0
+    assert 0.3 < hidden.float().mean() < 0.7
+    assert not torch.equal(hidden[:8], hidden[8:])  # each view has its own mask

@@ -60,6 +60,7 @@ class Config:
     far_negatives: bool = True
     views: int = 2  # two shifted views of each image, each taught by the other's consensus
     shift: int = 2  # pixels, for views = 2
+    view_mask: float = 0.0  # views = 2: fraction of columns hidden in each view
     contrast_weight: float = 0.1
     mask_frac: float = 0.25
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bf16 if native
@@ -87,6 +88,8 @@ class Config:
               "epochs, iterations >= 1 and batch_size >= 2 (InfoNCE needs negatives)", p)
         check(self.lr > 0 and self.tau > 0 and self.beta > 0, "lr, tau, beta must be > 0", p)
         check(self.views in (1, 2) and self.shift >= 0, "views is 1 or 2; shift >= 0", p)
+        check(0 <= self.view_mask < 1 and (self.view_mask == 0 or self.views == 2),
+              "view_mask must be in [0, 1), and > 0 only with views=2", p)
         check(28 % self.patch == 0, "patch must divide 28", p)
         check(0 < self.mask_frac < 1, "mask_frac must be in (0, 1)", p)
         check(self.probe_epochs >= 1 and self.probe_lr > 0, "probe_epochs, probe_lr > 0", p)

@@ -86,6 +86,7 @@ class Config:
     # views = 2: roll the second view by up to this many whole columns (wrapping) and match
     # columns by content, so position cannot solve the local loss (0: views line up)
     shift_columns: int = 0
+    view_mask: float = 0.0  # views = 2: fraction of columns hidden in each view
     contrast_weight: float = 0.1
     mask_frac: float = 0.25
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bf16 if native
@@ -119,6 +120,8 @@ class Config:
         check(self.views in (1, 2) and self.shift >= 0, "views is 1 or 2; shift >= 0", p)
         check(self.shift_columns >= 0 and (self.shift_columns == 0 or self.views == 2),
               "shift_columns must be >= 0, and > 0 only with views=2", p)
+        check(0 <= self.view_mask < 1 and (self.view_mask == 0 or self.views == 2),
+              "view_mask must be in [0, 1), and > 0 only with views=2", p)
         check(len(self.far_radius) in (0, self.n_levels) and all(r >= 0 for r in self.far_radius),
               "far_radius is empty (the attention windows) or one value >= 0 per level", p)
         check(self.image_negatives or self.far_negatives,
@@ -151,6 +154,7 @@ def rule_of(cfg: Any, n_classes: int) -> rule_mod.GlomRule:
                              top_image_negatives=getattr(cfg, "top_image_negatives", False),
                              views=cfg.views, shift=cfg.shift,
                              shift_columns=getattr(cfg, "shift_columns", 0),
+                             view_mask=getattr(cfg, "view_mask", 0.0),
                              n_classes=n_classes, dtype=cfg.dtype)
 
 

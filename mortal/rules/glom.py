@@ -83,6 +83,10 @@ class GlomRule:
     # anchor's own position, so a net that predicts only where a column is loses: position
     # can no longer solve the loss (docs/glom.md, seventh session). 0: views line up
     shift_columns: int = 0
+    # local mode, views = 2: hide the pixels of this fraction of columns in each view, drawn
+    # independently per view, so a net must predict from context what the other view sees
+    # (GLOM's filling-in by top-down and attention). 0: no masking
+    view_mask: float = 0.0
     contrast_weight: float = 0.1  # paper mode: weight of the InfoNCE regulariser
     mask_frac: float = 0.25  # paper mode: fraction of columns whose pixels are hidden
     n_classes: int = 10  # supervised mode
@@ -255,7 +259,7 @@ def local_step(model: Glom, x: torch.Tensor, rule: GlomRule, opt: torch.optim.Op
     level; gradients accumulate over iterations (averaged over processes by `sync`, under data
     parallel, where x is the global batch and this process trains on its slice) and every net
     steps once. With rule.views = 2, two shifted copies of the batch (drawn from `g`) each
-    learn from the other's consensus."""
+    learn from the other's consensus; with rule.view_mask, each with its own columns hidden."""
     align = None
     if rule.views == 2:  # drawn for the global batch, so every process sees the same views
         first, second = shifted(x, rule.shift, g), shifted(x, rule.shift, g)
@@ -265,13 +269,17 @@ def local_step(model: Glom, x: torch.Tensor, rule: GlomRule, opt: torch.optim.Op
             second = roll_columns(second, (dy, dx), model.spec.patch)
             align = column_permutation(model.spec.grid, (dy, dx)).to(x.device)
         x = torch.cat([first, second])
+    seen = x  # the views before masking (where the ink is)
+    if rule.views == 2 and rule.view_mask > 0:
+        x = mask_columns(x, model.spec.patch, rule.view_mask, g)[0]
     if sync is not None:
-        x = (distributed.shard(x) if rule.views == 1 else
-             torch.cat([distributed.shard(v) for v in x.chunk(2)]))
+        x, seen = ((distributed.shard(x), distributed.shard(seen)) if rule.views == 1 else
+                   (torch.cat([distributed.shard(v) for v in x.chunk(2)]),
+                    torch.cat([distributed.shard(v) for v in seen.chunk(2)])))
     cols = model.columns(x)
     weight = None
     if rule.ink_only:  # each view's weights sum to one
-        weight = torch.cat([ink_weights(v, model.spec.patch) for v in x.chunk(rule.views)])
+        weight = torch.cat([ink_weights(v, model.spec.patch) for v in seen.chunk(rule.views)])
     with torch.no_grad(), autocast(x.device, rule.dtype):
         e = model.init_state(cols)
     opt.zero_grad(set_to_none=True)
