@@ -1,6 +1,6 @@
-"""Re-train the linear softmax of a finished ff-unsupervised-mnist (or ff-supervised-mnist) run
-on other layers of its net, or with other softmax settings: is a gap in the readout or in the
-features?
+"""Re-train the linear softmax of a finished ff-unsupervised-mnist, ff-local-mnist or
+ff-supervised-mnist run on other layers of its net, or with other softmax settings: is a gap in
+the readout or in the features?
 
     python scripts/ff_readout.py RUN_DIR [--skip K ...] [--untrained]
         [--epochs E ...] [--lr R ...] [--weight-decay W ...] [--val N]
@@ -26,6 +26,7 @@ import torch
 
 from mortal import config as configs
 from mortal.loop import seed_everything
+from mortal.recipes import ff_local_mnist as local
 from mortal.recipes import ff_supervised_mnist as sup
 from mortal.recipes import get
 from mortal.recipes.common import load_split
@@ -47,13 +48,15 @@ def main() -> None:
                    help="hold out the last N training images to choose a setting on")
     args = p.parse_args()
     saved = json.load(open(f"{args.run_dir}/config.json"))
-    if saved["recipe"] not in ("ff-unsupervised-mnist", "ff-supervised-mnist"):
-        raise SystemExit(f"{saved['recipe']}: this script reads dense FF nets only")
+    builders = {"ff-unsupervised-mnist": sup.build, "ff-supervised-mnist": sup.build,
+                "ff-local-mnist": local.build}
+    if saved["recipe"] not in builders:
+        raise SystemExit(f"{saved['recipe']}: this script reads {', '.join(builders)} runs only")
     recipe = get(saved["recipe"])
     cfg = configs.build(recipe.config, saved["config"])
     seed_everything(cfg.seed)
     data = load_split(cfg.dataset, cfg.data_root, torch.device("cpu"), cfg.train_limit)
-    net = sup.build(cfg, data.x_train.shape[1])
+    net = builders[saved["recipe"]](cfg, data.x_train.shape[1])
     if not args.untrained:
         net.load_state_dict(
             checkpoint.load(f"{args.run_dir}/checkpoint.safetensors")["state"]["net"])
