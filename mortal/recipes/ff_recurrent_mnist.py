@@ -64,9 +64,8 @@ class Config:
     label_value: float = 1.0
     hard_negatives_every: int = 5  # epochs between hard-negative tables (0 = uniform wrong labels)
     # dropout on the image pixels, one mask per image for all iterations and for both its
-    # positive and negative runs (ff-supervised-mnist's regulariser; 0 = off)
-    # one dropout mask on the pixels per example (shared by its runs and iterations): 1.79 %
-    # after 60 epochs at 0.2, against 2.05 % at 0, the default until 2026-12-06 (docs/results.md)
+    # positive and negative runs (ff-supervised-mnist's regulariser; 0 = off): 1.79 % after
+    # 60 epochs at 0.2, against 2.05 % at 0, the default until 2026-12-06 (docs/results.md)
     input_dropout: float = 0.2
     eval_every: int = 10
     eval_limit: int = 0  # test images for the periodic evaluations (0 = all); the final uses all

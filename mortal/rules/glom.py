@@ -272,10 +272,9 @@ def local_step(model: Glom, x: torch.Tensor, rule: GlomRule, opt: torch.optim.Op
     seen = x  # the views before masking (where the ink is)
     if rule.views == 2 and rule.view_mask > 0:
         x = mask_columns(x, model.spec.patch, rule.view_mask, g)[0]
-    if sync is not None:
-        x, seen = ((distributed.shard(x), distributed.shard(seen)) if rule.views == 1 else
-                   (torch.cat([distributed.shard(v) for v in x.chunk(2)]),
-                    torch.cat([distributed.shard(v) for v in seen.chunk(2)])))
+    if sync is not None:  # this process's slice of every view
+        x, seen = (torch.cat([distributed.shard(v) for v in t.chunk(rule.views)])
+                   for t in (x, seen))
     cols = model.columns(x)
     weight = None
     if rule.ink_only:  # each view's weights sum to one
