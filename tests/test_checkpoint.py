@@ -91,6 +91,30 @@ def test_resume_accepts_keys_added_since_at_their_defaults(tmp_path):
             Run(tmp_path / "q", "demo", config, resume=True, quiet=True, defaults=d)
 
 
+def test_stage_from_another_run_differing_only_in_ignored_keys_is_taken(tmp_path):
+    """A stage finished in a run that chose other stages (ff-cifar10 `--set depths=3`, say) and
+    copied into stages/ is skipped on resume; a stage differing in any other key is refused."""
+    import shutil
+
+    from mortal.config import ConfigError
+
+    part = Run(tmp_path / "part", "demo", {"depths": [3], "lr": 1}, quiet=True)
+    part.stage("s3", ignore=("depths",)).finish_stage({"err": 4.0})
+    whole = Run(tmp_path / "whole", "demo", {"depths": [2, 3], "lr": 1}, quiet=True)
+    shutil.copytree(tmp_path / "part" / "stages", tmp_path / "whole" / "stages")
+    whole = Run(tmp_path / "whole", "demo", {"depths": [2, 3], "lr": 1}, resume=True,
+                quiet=True)
+    assert whole.stage("s3", ignore=("depths",)).done()["err"] == 4.0
+    with pytest.raises(ConfigError, match="different"):
+        whole.stage("s3")  # without ignore, depths counts
+    other = Run(tmp_path / "other", "demo", {"depths": [2, 3], "lr": 2}, quiet=True)
+    shutil.copytree(tmp_path / "part" / "stages", tmp_path / "other" / "stages")
+    other = Run(tmp_path / "other", "demo", {"depths": [2, 3], "lr": 2}, resume=True,
+                quiet=True)
+    with pytest.raises(ConfigError, match="different"):
+        other.stage("s3", ignore=("depths",))
+
+
 def test_check_finite_names_step_and_layer():
     check_finite({"layer 1": torch.tensor(1.0)}, 3)
     with pytest.raises(NonFiniteError, match=r"step 7.*layer 2=nan"):

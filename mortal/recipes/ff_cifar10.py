@@ -348,7 +348,9 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
     for depth in cfg.depths:
         jobs = [(f"bp-{depth}", None)] + [(f"ff-{g}-{depth}", g) for g in cfg.goodnesses]
         for name, goodness in jobs:
-            stage = run.stage(name)
+            # a cell trained in another directory with other depths/goodnesses (e.g. in a
+            # parallel process, `--set depths=3`) and copied into stages/ is taken as it is
+            stage = run.stage(name, ignore=("depths", "goodnesses"))
             done = stage.done()
             if done is None:
                 out = train_bp(cfg, data, depth, stage) if goodness is None \

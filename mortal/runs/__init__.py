@@ -118,12 +118,14 @@ def check_finite(values: dict[str, torch.Tensor | float], step: int, where: str 
 
 
 def same_config(old: dict[str, Any] | None, new: dict[str, Any],
-                defaults: dict[str, Any] | None = None) -> bool:
+                defaults: dict[str, Any] | None = None, ignore: tuple[str, ...] = ()) -> bool:
     """Whether a run started with config `old` may resume under `new`: equal, except that keys
     added to the recipe since (absent from `old`) may appear in `new` at their `defaults`
-    value, which the old code behaved as."""
+    value, which the old code behaved as. Keys in `ignore` are not compared."""
     if old is None:
         return False
+    old = {k: v for k, v in old.items() if k not in ignore}
+    new = {k: v for k, v in new.items() if k not in ignore}
     added = set(new) - set(old)
     if set(old) - set(new) or any(old[k] != new[k] for k in old):
         return False
@@ -146,6 +148,7 @@ class Run:
         quiet: bool = False,
         record_env: bool = True,
         defaults: dict[str, Any] | None = None,
+        ignore: tuple[str, ...] = (),
     ) -> None:
         self.dir = Path(out)
         self.recipe = recipe
@@ -163,11 +166,13 @@ class Run:
         if resume and cfg_path.exists():
             old = json.loads(cfg_path.read_text())
             if old.get("recipe") != recipe or not same_config(old.get("config"), config,
-                                                              defaults):
+                                                              defaults, ignore):
                 raise ConfigError(
                     f"cannot resume {self.dir}: it was started with a different recipe or config "
                     f"({old.get('recipe')}). Use the same --set/--config, or a new --out."
                 )
+            # the ignored keys keep the values this directory was trained with
+            config = {**config, **{k: v for k, v in old["config"].items() if k in ignore}}
         elif not resume:
             # A fresh run in an old directory starts clean, so stale metrics never mix in.
             for name in ("metrics.jsonl", "results.json", self.STAGE_DONE, self.CHECKPOINT):
@@ -180,13 +185,15 @@ class Run:
     # -- stages ----------------------------------------------------------------------------
     STAGE_DONE = "stage.json"
 
-    def stage(self, name: str) -> Run:
+    def stage(self, name: str, ignore: tuple[str, ...] = ()) -> Run:
         """A sub-run in stages/NAME/ with its own metrics and checkpoint, for recipes made of
         several trainings (a teacher, students, a sweep). With --resume, a finished stage is
-        not redone (see `done`) and an unfinished one continues from its checkpoint."""
+        not redone (see `done`) and an unfinished one continues from its checkpoint. `ignore`
+        names config keys that only choose which stages run: a stage trained in another run
+        directory that differs only in them (copied into stages/) is taken as it is."""
         return Run(self.dir / "stages" / name, f"{self.recipe}/{name}", self.config,
                    resume=self.resume, quiet=self.quiet, record_env=False,
-                   defaults=self.defaults)
+                   defaults=self.defaults, ignore=ignore)
 
     def done(self) -> dict[str, Any] | None:
         """The results a stage recorded with `finish_stage`, when resuming; else None."""
