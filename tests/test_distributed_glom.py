@@ -1,7 +1,9 @@
 """GLOM data parallel (issue #9): two processes over gloo train like one process on the combined
 batch, in mode=local (InfoNCE negatives from the global batch, far negatives on, two shifted
 views of every image; and with the losses on inked columns only, whose count is the global
-batch's) and mode=paper (the masked-pixel mean over the global batch's masked columns). The
+batch's) and mode=paper (the masked-pixel mean over the global batch's masked columns), and
+mode=supervised with a class per column (the mean over the global batch's labelled columns,
+which the two halves hold unequally). The
 two-process local run is stopped after its first checkpoint and resumed, and still ends where
 one uninterrupted process does."""
 
@@ -25,11 +27,17 @@ SPEC = GlomSpec(image=(1, 12, 12), n_levels=3, dim=8, hidden=16, pos_freqs=2,
 BATCH, STEPS, LOG_EVERY = 8, 4, 2
 
 
-def _batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The global batch of a step: the same on every process (seeded by the step)."""
+def _batch(step: int, per_column: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The global batch of a step: the same on every process (seeded by the step). With
+    `per_column`, a class per column, -1 (unlabelled) for most of the second half's columns."""
     g = torch.Generator().manual_seed(1000 + step)
     x = (torch.rand(BATCH, *SPEC.image, generator=g) > 0.95).float()  # some empty columns
-    return x, torch.randint(0, 3, (BATCH,), generator=g)
+    if not per_column:
+        return x, torch.randint(0, 3, (BATCH,), generator=g)
+    n = SPEC.grid[0] * SPEC.grid[1]
+    y = torch.randint(0, 3, (BATCH, n), generator=g)
+    y[BATCH // 2:, 1:] = -1  # the second process holds far fewer labelled columns
+    return x, y
 
 
 class _Stop(Exception):
@@ -39,11 +47,14 @@ class _Stop(Exception):
 def _train(out: Path, mode: str, stop_at: int | None = None, resume: bool = False) -> Glom:
     """A tiny GLOM trained for STEPS steps in fp32 (stopped before step `stop_at` if given);
     mode "local_ink": local, losses on inked columns only, far negatives only; "local": two
-    shifted views of each image (their draws come from the checkpointed generator)."""
+    shifted views of each image (their draws come from the checkpointed generator);
+    "supervised_columns": supervised, a class per column."""
     torch.manual_seed(0)
     model = Glom(SPEC)
     ink = mode == "local_ink"
-    rule = rule_mod.GlomRule(mode="local" if ink else mode, iterations=2, lr=1e-2, tau=0.2,
+    per_column = mode == "supervised_columns"
+    rule_mode = "local" if ink else "supervised" if per_column else mode
+    rule = rule_mod.GlomRule(mode=rule_mode, iterations=2, lr=1e-2, tau=0.2,
                              far_negatives=True, ink_only=ink, image_negatives=not ink,
                              views=2 if mode == "local" else 1, n_classes=3, dtype="float32")
     head = rule_mod.make_head(model, rule)
@@ -53,7 +64,7 @@ def _train(out: Path, mode: str, stop_at: int | None = None, resume: bool = Fals
             raise _Stop
         if resume and step < LOG_EVERY:  # a resumed run starts after its checkpoint
             raise AssertionError(f"the resumed run redid step {step}")
-        return _batch(step)
+        return _batch(step, per_column)
 
     def on_log(step: int) -> dict[str, float]:  # an evaluation: rank 0 computes it, once
         e = rule_mod.states(model, _batch(99)[0], 2, "float32")
@@ -71,7 +82,8 @@ def _train(out: Path, mode: str, stop_at: int | None = None, resume: bool = Fals
 def _runs(out: Path, resume: bool) -> dict[str, Glom]:
     """Both modes and the recipe's local settings; with `resume` the plain local run is
     stopped after its first checkpoint, then resumed (the workers do; the reference does not)."""
-    nets = {mode: _train(out / mode, mode) for mode in ("local_ink", "paper")}
+    nets = {mode: _train(out / mode, mode) for mode in ("local_ink", "paper",
+                                                        "supervised_columns")}
     if resume:
         _train(out / "local", "local", stop_at=LOG_EVERY)
     nets["local"] = _train(out / "local", "local", resume=resume)
@@ -93,11 +105,11 @@ def test_glom_data_parallel_matches_one_process(tmp_path):
     # meanwhile, one process on the combined batches
     ref = twoproc.one_thread(_runs, tmp_path / "ref", False)
     twoproc.join(procs, tmp_path)
-    for name in ("local", "local_ink", "paper"):
+    for name in ("local", "local_ink", "paper", "supervised_columns"):
         want = model_metrics(read_metrics(tmp_path / "ref" / name))
         got = model_metrics(read_metrics(tmp_path / "dp" / name))
         assert len(want) == STEPS // LOG_EVERY
-        assert ("loss_bu0" if name != "paper" else "loss_main") in want[0]
+        assert ("loss_bu0" if name.startswith("local") else "loss_main") in want[0]
         assert [sorted(r) for r in got] == [sorted(r) for r in want], name
         for g_row, w_row in zip(got, want, strict=True):
             assert g_row["rank_that_evaluated"] == 0.0

@@ -376,7 +376,12 @@ def paper_step(model: Glom, head: nn.Module, x: torch.Tensor, y: torch.Tensor | 
         elif y.dim() == 2:  # (B, N) a class per column, -1 where no object: every column
             # holding an object learns to name it (eGLOM's per-location supervision)
             logits = head(e[:, -1])  # (B, N, K)
-            main = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1)
+            ce = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1,
+                                 reduction="sum")
+            count = (y >= 0).sum().float()
+            if sync is not None:  # the mean over the global batch's labelled columns
+                count = distributed.all_sum(count.clone()) / distributed.world()
+            main = ce / count.clamp_min(1)
             loss = main
         else:
             logits = head(e[:, -1].mean(1))
