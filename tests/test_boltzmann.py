@@ -280,7 +280,8 @@ def test_updown_momentum_first_step_is_sgd_and_resume_keeps_the_velocity(tmp_pat
         torch.testing.assert_close(p - before[k], 0.1 * vel[k])
         assert not torch.allclose(vel[k], first[k])
 
-    cfg = dict(batch_size=10, lr=0.05, momentum=0.9, dtype="float32", seed=3)
+    cfg = dict(batch_size=10, lr=0.05, momentum=0.9, lr_decay="constant", dtype="float32",
+               seed=3)
     whole = _small_dbn()
     bz.train_updown(whole, x, y, bz.UpDownTraining(epochs=2, **cfg), Run(tmp_path / "a", "t", {},
                                                                          quiet=True))
@@ -305,7 +306,7 @@ def test_updown_linear_decay_takes_each_updates_rate(tmp_path):
     x = bz.bernoulli(torch.full((40, 12), 0.4), g)
     y = torch.nn.functional.one_hot(torch.arange(40) % 3, 3).float()
     cfg = bz.UpDownTraining(epochs=1, batch_size=10, lr=0.1, lr_decay="linear", k_schedule=(2,),
-                            dtype="float32", seed=3)
+                            momentum=0.0, dtype="float32", seed=3)
     trained = _small_dbn()
     bz.train_updown(trained, x, y, cfg, Run(tmp_path / "r", "t", {}, quiet=True))
     by_hand = _small_dbn()
