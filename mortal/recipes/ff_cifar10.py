@@ -33,27 +33,22 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from mortal.arch.local import local_stack
 from mortal.arch.recurrent import LocalRecurrentStack
 from mortal.config import check
-from mortal.data.negatives import hard_wrong_labels, wrong_labels
 from mortal.loop import (
     autocast,
     device_of,
-    epoch_order,
     make_optimizer,
     resolve_dtype,
     seed_everything,
-    set_lr,
 )
 from mortal.recipes import Recipe, register
 from mortal.recipes import ff_recurrent_mnist as rec
 from mortal.recipes.common import load_split, standard_results
-from mortal.rules import backprop, ff
+from mortal.rules import backprop, ff, ff_recurrent
 from mortal.rules.backprop import Split
-from mortal.runs import check_finite
 
 DATA_LABEL = "CIFAR-10 (JPEG copy)"
 GOODNESS = {"min_ssq": "neg_sumsq", "max_ssq": "sumsq"}  # paper name -> mortal.rules.ff name
@@ -224,42 +219,12 @@ def train_ff(cfg: Config, data: Split, depth: int, goodness: str, stage: Any
     net = ff_net(cfg, depth).to(device)
     opts = [make_optimizer(cfg.optimizer, layer.parameters(), cfg.lr, cfg.weight_decay)
             for layer in net.layers]
-    start, state = stage.resume_state()
-    y_neg_table = None
-    if state is not None:
-        net.load_state_dict(state["net"])
-        for opt, s in zip(opts, state["optimizers"], strict=True):
-            opt.load_state_dict(s)
-        y_neg_table = state.get("y_neg_table")
-    steps = len(data.x_train) // cfg.batch_size
-    for epoch in range(start, cfg.epochs):
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        if cfg.hard_negatives_every and epoch > 0 and epoch % cfg.hard_negatives_every == 0:
-            with stage.timed():  # wrong labels in proportion to the net's own beliefs
-                scores = every_label_scores(net, data.x_train, cfg, goodness)
-                y_neg_table = hard_wrong_labels(scores / scores.std(), data.y_train, g)
-        order = epoch_order(len(data.x_train), cfg.seed, epoch, device)
-        sums = torch.zeros(depth)
-        with stage.timed():
-            for i in tqdm(range(steps), desc=f"ff {goodness} {depth}L epoch {epoch + 1}",
-                          leave=False, disable=stage.quiet):
-                step = epoch * steps + i
-                for opt in opts:
-                    set_lr(opt, cfg.lr * ff.cooldown_factor(step / (cfg.epochs * steps)))
-                idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-                y = data.y_train[idx]
-                y_neg = y_neg_table[idx] if y_neg_table is not None else wrong_labels(y, 10, g)
-                losses = rec.layer_losses(net, data.x_train[idx], y, y_neg, cfg,
-                                          GOODNESS[goodness])
-                check_finite({f"layer {j + 1} loss": v for j, v in enumerate(losses)}, step,
-                             f"the {depth}-layer FF net ({goodness})")
-                sums += rec.update(opts, losses)
-        stage.log(epoch=epoch + 1, seconds=round(stage.train_seconds, 2),
-                  **{f"loss_layer{j + 1}": float(v / steps) for j, v in enumerate(sums)})
-        stage.save(epoch + 1, {"net": net.state_dict(),
-                               "optimizers": [o.state_dict() for o in opts],
-                               **({"y_neg_table": y_neg_table} if y_neg_table is not None
-                                  else {})})
+    ff_recurrent.train_epochs(
+        net, opts, data.x_train, data.y_train, cfg, stage,
+        losses=lambda x, y, y_neg, g: rec.layer_losses(net, x, y, y_neg, cfg, GOODNESS[goodness]),
+        apply=lambda losses: rec.update(opts, losses),
+        scores=lambda x: every_label_scores(net, x, cfg, goodness),
+        name=f"the {depth}-layer FF net ({goodness})")
     train_seconds = stage.train_seconds
     n_eval = cfg.eval_train_limit or len(data.x_train)
     x_tr, y_tr = data.x_train[:n_eval], data.y_train[:n_eval]

@@ -19,24 +19,19 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from mortal.arch.recurrent import RecurrentStack
 from mortal.config import check
-from mortal.data.negatives import hard_wrong_labels, wrong_labels
 from mortal.loop import (
     autocast,
     device_of,
-    epoch_order,
     make_optimizer,
     resolve_dtype,
     seed_everything,
-    set_lr,
 )
 from mortal.recipes import Recipe, register
 from mortal.recipes.common import load_split, standard_results
 from mortal.rules import ff, ff_recurrent
-from mortal.runs import check_finite
 
 
 @dataclass
@@ -190,62 +185,38 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
                          label_scale=cfg.label_value).to(device)
     opts = [make_optimizer(cfg.optimizer, layer.parameters(), cfg.lr, cfg.weight_decay)
             for layer in net.layers]
-    start, state = run.resume_state()
-    y_neg_table = None
-    if state is not None:
-        net.load_state_dict(state["net"])
-        for opt, s in zip(opts, state["optimizers"], strict=True):
-            opt.load_state_dict(s)
-        y_neg_table = state.get("y_neg_table")
     steps = len(data.x_train) // cfg.batch_size
     # the fast path's elementwise passes compiled, on long runs on a CPU (as ff.train does)
     use_fast = fast(net, cfg)
     compiled = use_fast and device.type == "cpu" and cfg.epochs * steps >= ff.FUSE_MIN_STEPS
     x_eval = data.x_test[: cfg.eval_limit] if cfg.eval_limit else data.x_test
     y_eval = data.y_test[: cfg.eval_limit] if cfg.eval_limit else data.y_test
-    for epoch in range(start, cfg.epochs):
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        if cfg.hard_negatives_every and epoch > 0 and epoch % cfg.hard_negatives_every == 0:
-            with run.timed():  # wrong labels in proportion to the net's own beliefs
-                scores = goodness_scores(net, data.x_train, cfg, compiled)
-                y_neg_table = hard_wrong_labels(scores / scores.std(), data.y_train, g)
-        order = epoch_order(len(data.x_train), cfg.seed, epoch, device)
-        sums = torch.zeros(len(net.layers))
-        with run.timed():
-            for i in tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                          disable=run.quiet):
-                step = epoch * steps + i
-                for opt in opts:
-                    set_lr(opt, cfg.lr * ff.cooldown_factor(step / (cfg.epochs * steps)))
-                idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-                y = data.y_train[idx]
-                y_neg = y_neg_table[idx] if y_neg_table is not None else wrong_labels(y, 10, g)
-                x = data.x_train[idx]
-                if cfg.input_dropout > 0:
-                    x = x * ff.dropout_mask(x.shape, cfg.input_dropout, g).to(x.device)
-                if use_fast:  # the same gradients without autograd
-                    for opt in opts:
-                        opt.zero_grad(set_to_none=True)
-                    losses = ff_recurrent.layer_gradients(net, x, y, y_neg, cfg, compiled)
-                else:
-                    losses = layer_losses(net, x, y, y_neg, cfg)
-                check_finite({f"layer {j + 1} loss": v for j, v in enumerate(losses)}, step,
-                             "the recurrent FF network")
-                if use_fast:
-                    for opt in opts:
-                        opt.step()
-                    sums += torch.stack(losses).float()
-                else:
-                    sums += update(opts, losses)
-        row: dict[str, Any] = {"epoch": epoch + 1, "seconds": round(run.train_seconds, 2),
-                               **{f"loss_layer{j + 1}": float(v / steps)
-                                  for j, v in enumerate(sums)}}
+
+    def losses(x: torch.Tensor, y: torch.Tensor, y_neg: torch.Tensor, g: torch.Generator
+               ) -> list[torch.Tensor]:
+        if cfg.input_dropout > 0:
+            x = x * ff.dropout_mask(x.shape, cfg.input_dropout, g).to(x.device)
+        if not use_fast:
+            return layer_losses(net, x, y, y_neg, cfg)
+        for opt in opts:  # the same gradients without autograd
+            opt.zero_grad(set_to_none=True)
+        return ff_recurrent.layer_gradients(net, x, y, y_neg, cfg, compiled)
+
+    def apply(out: list[torch.Tensor]) -> torch.Tensor:
+        if not use_fast:
+            return update(opts, out)
+        for opt in opts:
+            opt.step()
+        return torch.stack(out).float()
+
+    def on_epoch(epoch: int, row: dict[str, Any]) -> None:
         if (epoch + 1) % cfg.eval_every == 0 and epoch + 1 < cfg.epochs:
             row["test_error_pct"] = error_pct(net, x_eval, y_eval, cfg, compiled)
-        run.log(**row)
-        run.save(epoch + 1, {"net": net.state_dict(),
-                             "optimizers": [o.state_dict() for o in opts],
-                             **({"y_neg_table": y_neg_table} if y_neg_table is not None else {})})
+
+    ff_recurrent.train_epochs(
+        net, opts, data.x_train, data.y_train, cfg, run, losses=losses, apply=apply,
+        scores=lambda x: goodness_scores(net, x, cfg, compiled),
+        name="the recurrent FF network", on_epoch=on_epoch)
     g = goodness_by_iteration(net, data.x_test, cfg, cfg.iterations, compiled=compiled)
     test_error = ff.error_pct(g[:, :, cfg.score_from - 1 : cfg.score_to].sum(2).argmax(1),
                               data.y_test)

@@ -14,17 +14,81 @@ the reference) and `goodness_by_iteration`, arranged for speed.
 
 `supports` says when this path applies (the recipe falls back to the reference otherwise);
 `tests/test_recurrent.py` checks both give the same losses and gradients.
+
+`train_epochs` is the training loop of every recurrent FF net (ff-recurrent-mnist's dense
+stack, ff-cifar10's locally connected maps), whichever path computes the updates.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from mortal.arch.dense import Dense
 from mortal.arch.recurrent import RecurrentStack
-from mortal.loop import DTYPES
+from mortal.data.negatives import hard_wrong_labels, wrong_labels
+from mortal.loop import DTYPES, epoch_order, set_lr
 from mortal.rules import ff, ff_fused
+from mortal.runs import check_finite
+
+
+def train_epochs(net: torch.nn.Module, opts: list[torch.optim.Optimizer], x: torch.Tensor,
+                 y: torch.Tensor, cfg: Any, run: Any, *,
+                 losses: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator],
+                                  list[torch.Tensor]],
+                 apply: Callable[[list[torch.Tensor]], torch.Tensor],
+                 scores: Callable[[torch.Tensor], torch.Tensor],
+                 name: str, on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+                 ) -> None:
+    """Train a recurrent FF net for cfg.epochs (resumable per epoch from `run`): one optimiser
+    per layer on the cooldown schedule from cfg.lr; wrong labels uniform, or every
+    cfg.hard_negatives_every epochs drawn in proportion to the net's own beliefs `scores(x)`
+    (B, 10). Per batch, `losses(x, y, y_neg, g)` gives each layer's loss (and, on the
+    hand-written path, its gradients), which is checked finite before `apply(losses)` updates
+    the layers and returns them as a tensor. `on_epoch(epoch, row)` may add to each epoch's
+    metrics row (an evaluation, say)."""
+    start, state = run.resume_state()
+    y_neg_table = None
+    if state is not None:
+        net.load_state_dict(state["net"])
+        for opt, s in zip(opts, state["optimizers"], strict=True):
+            opt.load_state_dict(s)
+        y_neg_table = state.get("y_neg_table")
+    steps = len(x) // cfg.batch_size
+    for epoch in range(start, cfg.epochs):
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        if cfg.hard_negatives_every and epoch > 0 and epoch % cfg.hard_negatives_every == 0:
+            with run.timed():  # wrong labels in proportion to the net's own beliefs
+                s = scores(x)
+                y_neg_table = hard_wrong_labels(s / s.std(), y, g)
+        order = epoch_order(len(x), cfg.seed, epoch, x.device)
+        sums = torch.zeros(len(net.layers))
+        with run.timed():
+            for i in tqdm(range(steps), desc=f"{name}, epoch {epoch + 1}/{cfg.epochs}",
+                          leave=False, disable=run.quiet):
+                step = epoch * steps + i
+                for opt in opts:
+                    set_lr(opt, cfg.lr * ff.cooldown_factor(step / (cfg.epochs * steps)))
+                idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+                y_pos = y[idx]
+                y_neg = y_neg_table[idx] if y_neg_table is not None else wrong_labels(y_pos, 10,
+                                                                                      g)
+                out = losses(x[idx], y_pos, y_neg, g)
+                check_finite({f"layer {j + 1} loss": v for j, v in enumerate(out)}, step, name)
+                sums += apply(out)
+        row: dict[str, Any] = {"epoch": epoch + 1, "seconds": round(run.train_seconds, 2),
+                               **{f"loss_layer{j + 1}": float(v / steps)
+                                  for j, v in enumerate(sums)}}
+        if on_epoch is not None:
+            on_epoch(epoch, row)
+        run.log(**row)
+        run.save(epoch + 1, {"net": net.state_dict(),
+                             "optimizers": [o.state_dict() for o in opts],
+                             **({"y_neg_table": y_neg_table} if y_neg_table is not None else {})})
 
 
 def supports(net: torch.nn.Module) -> bool:
