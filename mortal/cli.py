@@ -72,7 +72,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     run = Run(out, recipe.name, configs.to_dict(cfg), resume=args.resume,
               dtype=getattr(cfg, "dtype", None), quiet=args.quiet or not distributed.is_main(),
-              defaults=configs.to_dict(recipe.config()))
+              defaults=recipe.past_defaults())
     if not run.quiet:
         print(f"{recipe.name}: {recipe.setting}\nrun directory: {out}", file=sys.stderr)
         auto = {f.name: f.default for f in dataclasses.fields(cfg)}.get("dtype") == "auto"

@@ -115,6 +115,29 @@ def test_stage_from_another_run_differing_only_in_ignored_keys_is_taken(tmp_path
         other.stage("s3", ignore=("depths",))
 
 
+def test_a_key_added_since_reads_as_what_the_old_code_did(tmp_path):
+    """ff-recurrent-mnist gained input_dropout at 0 and later made 0.2 the default: a run made
+    before the key existed reads as 0 in the results table and resumes only at 0."""
+    from mortal import config as configs
+    from mortal.config import ConfigError
+    from mortal.recipes import get
+    from mortal.runs.report import setting_changes
+
+    recipe = get("ff-recurrent-mnist")
+    now = configs.to_dict(recipe.config())
+    old = {k: v for k, v in now.items() if k != "input_dropout"}
+    assert now["input_dropout"] == 0.2 and recipe.past_defaults()["input_dropout"] == 0.0
+    assert setting_changes("ff-recurrent-mnist", old) == "input_dropout=0.0"
+    assert setting_changes("ff-recurrent-mnist", now) == "default"
+    assert setting_changes("ff-recurrent-mnist", {**now, "seed": 1, "eval_every": 3}) == "seed=1"
+    run = Run(tmp_path / "r", "ff-recurrent-mnist", old, quiet=True)
+    with pytest.raises(ConfigError, match="different"):
+        Run(run.dir, "ff-recurrent-mnist", now, resume=True, quiet=True,
+            defaults=recipe.past_defaults())
+    Run(run.dir, "ff-recurrent-mnist", {**now, "input_dropout": 0.0}, resume=True, quiet=True,
+        defaults=recipe.past_defaults())
+
+
 def test_check_finite_names_step_and_layer():
     check_finite({"layer 1": torch.tensor(1.0)}, 3)
     with pytest.raises(NonFiniteError, match=r"step 7.*layer 2=nan"):

@@ -7,7 +7,7 @@ Recipes are made by name from a registry (`get`), all with one shape: a config d
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mortal.config import ConfigError
@@ -25,6 +25,15 @@ class Recipe:
     config: type
     train: Callable[[Any, Any], dict[str, Any]]
     notes: str = ""
+    # keys added after the recipe's first runs whose default now differs from what the code did
+    # before they existed: runs made before read (and resume) as these values, not the default
+    before: dict[str, Any] = field(default_factory=dict)
+
+    def past_defaults(self) -> dict[str, Any]:
+        """What a run's config means for a key it lacks: `before`, else today's default."""
+        from mortal import config as configs
+
+        return {**configs.to_dict(self.config()), **self.before}
 
 
 REGISTRY: dict[str, Recipe] = {}

@@ -280,4 +280,5 @@ RECIPE = register(Recipe(
     paper_test_error_pct=1.25,
     config=Config,
     train=train,
+    before={"updown_momentum": 0.0, "updown_lr_decay": "constant"},  # plain SGD until 12-06
 ))

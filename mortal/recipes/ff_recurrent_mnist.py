@@ -242,4 +242,5 @@ RECIPE = register(Recipe(
     paper_test_error_pct=1.31,
     config=Config,
     train=train,
+    before={"input_dropout": 0.0},  # added 2026-12-06 as 0; 0.2 since the fourth session
 ))

@@ -141,4 +141,5 @@ RECIPE = register(Recipe(
     paper_test_error_pct=1.36,
     config=Config,
     train=train,
+    before={"input_dropout": 0.0},  # added 2026-11-30 (a63ef06) as 0; 0.2 since e1693f1
 ))

@@ -466,4 +466,5 @@ RECIPE = register(Recipe(
     config=Config,
     train=train,
     notes="paper_test_error_pct: a numpy eGLOM-lite's 99 % at ambiguity 0 (GLOM has none)",
+    before={"layout": "strips", "ink_only": False, "image_negatives": True},  # until 11-25
 ))
