@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -130,6 +132,8 @@ def test_a_key_added_since_reads_as_what_the_old_code_did(tmp_path):
     assert setting_changes("ff-recurrent-mnist", old) == "input_dropout=0.0"
     assert setting_changes("ff-recurrent-mnist", now) == "default"
     assert setting_changes("ff-recurrent-mnist", {**now, "seed": 1, "eval_every": 3}) == "seed=1"
+    local = configs.to_dict(get("ff-local-mnist").config())  # nested tuples, read back as lists
+    assert setting_changes("ff-local-mnist", json.loads(json.dumps(local))) == "default"
     run = Run(tmp_path / "r", "ff-recurrent-mnist", old, quiet=True)
     with pytest.raises(ConfigError, match="different"):
         Run(run.dir, "ff-recurrent-mnist", now, resume=True, quiet=True,

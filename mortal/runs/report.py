@@ -179,8 +179,8 @@ def setting_changes(recipe: str, config: dict[str, Any]) -> str:
         return "?"
     config = {**past, **config}  # a key added since: what the run's code did without it
 
-    def plain(v: Any) -> Any:
-        return list(v) if isinstance(v, (tuple, list)) else v
+    def plain(v: Any) -> Any:  # JSON gives lists where the dataclass has (nested) tuples
+        return [plain(u) for u in v] if isinstance(v, (tuple, list)) else v
 
     def show(v: Any) -> str:
         if isinstance(v, list) and v and len(set(map(str, v))) == 1 and len(v) > 1:
