@@ -75,8 +75,8 @@ def train_epochs(net: torch.nn.Module, opts: list[torch.optim.Optimizer], x: tor
                     set_lr(opt, cfg.lr * ff.cooldown_factor(step / (cfg.epochs * steps)))
                 idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
                 y_pos = y[idx]
-                y_neg = y_neg_table[idx] if y_neg_table is not None else wrong_labels(y_pos, 10,
-                                                                                      g)
+                y_neg = (y_neg_table[idx] if y_neg_table is not None
+                         else wrong_labels(y_pos, 10, g))
                 out = losses(x[idx], y_pos, y_neg, g)
                 check_finite({f"layer {j + 1} loss": v for j, v in enumerate(out)}, step, name)
                 sums += apply(out)
