@@ -337,6 +337,16 @@ def patches(x: torch.Tensor, patch: int) -> torch.Tensor:
     return F.unfold(x, kernel_size=patch, stride=patch).transpose(1, 2)
 
 
+def mean_count(keep: torch.Tensor, sync: Callable[[], None] | None) -> torch.Tensor:
+    """What a loss summed over the `keep` columns divides by: their count (at least 1), or under
+    data parallel (`sync` given) the global batch's count over the process count, so that the
+    mean of the processes' losses is the loss of the whole batch."""
+    count = keep.sum().float()
+    if sync is not None:
+        count = distributed.all_sum(count) / distributed.world()
+    return count.clamp_min(1)
+
+
 def paper_step(model: Glom, head: nn.Module, x: torch.Tensor, y: torch.Tensor | None,
                rule: GlomRule, opt: torch.optim.Optimizer, g: torch.Generator,
                sync: Callable[[], None] | None = None) -> dict[str, float]:
@@ -368,20 +378,14 @@ def paper_step(model: Glom, head: nn.Module, x: torch.Tensor, y: torch.Tensor | 
         if rule.mode == "paper":
             recon = head(e[:, 0])  # (B, N, C p^2)
             err = (recon.float() - patches(x, p)).pow(2).mean(2)  # (B, N)
-            count = masked.sum().float()
-            if sync is not None:  # the global batch's count; the mean of the ranks' losses
-                count = distributed.all_sum(count.clone()) / distributed.world()
-            main = (err * masked).sum() / count.clamp_min(1)
+            main = (err * masked).sum() / mean_count(masked, sync)
             loss = main + rule.contrast_weight * reg / rule.iterations
         elif y.dim() == 2:  # (B, N) a class per column, -1 where no object: every column
             # holding an object learns to name it (eGLOM's per-location supervision)
             logits = head(e[:, -1])  # (B, N, K)
             ce = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1,
                                  reduction="sum")
-            count = (y >= 0).sum().float()
-            if sync is not None:  # the mean over the global batch's labelled columns
-                count = distributed.all_sum(count.clone()) / distributed.world()
-            main = ce / count.clamp_min(1)
+            main = ce / mean_count(y >= 0, sync)
             loss = main
         else:
             logits = head(e[:, -1].mean(1))

@@ -169,15 +169,16 @@ def setting_changes(recipe: str, config: dict[str, Any]) -> str:
     key except NOT_SETTING, e.g. 'widths=1000x4, epochs=10, loss=pairwise, seed=1'. A key the
     recipe gained after the run counts as what the code did before (`Recipe.past_defaults`);
     paths show their last part."""
+    from mortal import config as configs
     from mortal.recipes import get
     from mortal.recipes.common import SETTING_KEYS
 
     try:
         r = get(recipe.split("/")[0])
-        defaults, past = r.config(), r.past_defaults()
+        now = configs.to_dict(r.config())
     except (KeyError, ValueError, TypeError):
         return "?"
-    config = {**past, **config}  # a key added since: what the run's code did without it
+    config = {**now, **r.before, **config}  # a key added since: what the run's code did
 
     def plain(v: Any) -> Any:  # JSON gives lists where the dataclass has (nested) tuples
         return [plain(u) for u in v] if isinstance(v, (tuple, list)) else v
@@ -193,7 +194,7 @@ def setting_changes(recipe: str, config: dict[str, Any]) -> str:
     keys = [k for k in first if k in config] + [k for k in config
                                                 if k not in first and k not in NOT_SETTING]
     out = [f"{k}={show(plain(config[k]))}" for k in keys
-           if hasattr(defaults, k) and plain(config[k]) != plain(getattr(defaults, k))]
+           if k in now and plain(config[k]) != plain(now[k])]
     return ", ".join(out) or "default"
 
 
