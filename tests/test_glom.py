@@ -466,3 +466,116 @@ def test_view_mask_hides_whole_columns_in_each_view_independently():
     hidden = per_col == 0
     assert 0.3 < hidden.float().mean() < 0.7
     assert not torch.equal(hidden[:8], hidden[8:])  # each view has its own mask
+
+
+def test_goodness_losses_hand_computed():
+    # One real image and its hybrid, 2 levels, 2 columns, 2 dims.
+    bu = torch.tensor([[[[1.0, 1.0], [3.0, 1.0]], [[0.0, 2.0], [0.0, 0.0]]],
+                       [[[1.0, 0.0], [1.0, 1.0]], [[2.0, 2.0], [0.0, 0.0]]]])
+    weight = torch.tensor([[0.5, 0.5], [1.0, 0.0]])  # the hybrid has ink in column 0 only
+    # mean squares: real level 0 (1 + 5) / 2 = 3, level 1 (2 + 0) / 2 = 1;
+    # hybrid level 0 0.5, level 1 4.
+    got = rule.goodness_losses(bu, weight, 1, 2.0)
+    # goodness is the log: the loss reads the ratio of real to hybrid
+    want = torch.tensor([math.log1p(math.exp(-math.log(3 / 0.5) / 2)),
+                         math.log1p(math.exp(-math.log(1 / 4) / 2))])
+    torch.testing.assert_close(got, want)
+
+
+def test_goodness_loss_reaches_only_its_levels_bottom_up_net():
+    model = small_glom(3)
+    x = torch.rand(4, 1, 8, 8)
+    cols = model.columns(x)
+    e = model.init_state(cols)
+    _, bu, _, _ = rule.local_losses(model, cols, e, "float32", scored=2)
+    good = rule.goodness_losses(bu, rule.image_ink_weights(x, 4), 2, 1.0)
+    good[2].backward(retain_graph=True)
+    assert model.bottom.w1.grad[1].abs().sum() > 0 and model.bottom.w1.grad[0].abs().sum() == 0
+    assert all(untouched(p) for p in [*model.bottom0.parameters(), *model.top.parameters()])
+    model.zero_grad(set_to_none=True)
+    good[0].backward()
+    assert model.bottom0.w1.grad.abs().sum() > 0
+    assert all(untouched(p) for p in [*model.bottom.parameters(), *model.top.parameters()])
+
+
+def test_scored_images_alone_make_the_consensus_losses():
+    model = small_glom(3)
+    x = torch.rand(6, 1, 8, 8)
+    cols = model.columns(x)
+    e = model.init_state(cols)
+    some, bu, _, _ = rule.local_losses(model, cols, e, "float32", scored=4)
+    alone, bu4, _, _ = rule.local_losses(model, cols[:4], e[:4], "float32")
+    assert bu.shape[0] == 6  # the unscored images are still predicted
+    torch.testing.assert_close(bu[:4], bu4)
+    for k in ("bu", "td"):
+        torch.testing.assert_close(some[k], alone[k])
+
+
+def test_hybrids_and_image_ink_weights():
+    x = torch.zeros(3, 1, 8, 8)
+    for i in range(3):
+        x[i, 0, :4] = i + 1.0  # image i: value i + 1 in its top half
+    neg = rule.hybrids(x, 2, torch.Generator().manual_seed(0))
+    assert neg.shape == x.shape
+    for i in range(3):  # every pixel is the image's own or one other image's
+        own = neg[i] == x[i]
+        others = [j for j in range(3) if j != i and bool(((neg[i] == x[j]) | own).all())]
+        assert len(others) >= 1
+    w = rule.image_ink_weights(x, 4)
+    torch.testing.assert_close(w, torch.tensor([[0.5, 0.5, 0.0, 0.0]] * 3))
+    assert torch.equal(rule.image_ink_weights(torch.zeros(1, 1, 8, 8), 4),
+                       torch.full((1, 4), 0.25))
+
+
+def test_unit_bottom_up_reads_only_the_direction():
+    spec = dict(image=(1, 8, 8), patch=4, n_levels=2, dim=4, hidden=8, radius=(0.0, 0.0))
+    e = torch.nn.functional.normalize(torch.randn(2, 2, 4, 4), dim=-1)
+    bu, td, att = torch.randn(2, 2, 4, 4), torch.randn(2, 1, 4, 4), torch.randn(2, 2, 4, 4)
+    unit = Glom(GlomSpec(**spec, unit_bottom_up=True))
+    plain = Glom(GlomSpec(**spec))
+    torch.testing.assert_close(unit.combine(e, 5 * bu, td, att), unit.combine(e, bu, td, att))
+    assert not torch.allclose(plain.combine(e, 5 * bu, td, att), plain.combine(e, bu, td, att))
+    torch.testing.assert_close(
+        unit.combine(e, bu, td, att),
+        update(e, torch.nn.functional.normalize(bu, dim=-1), td, att, plain.spec.weights))
+
+
+def test_goodness_training_step_logs_a_loss_per_level_and_learns():
+    torch.manual_seed(0)
+    model = Glom(GlomSpec(image=(1, 16, 16), patch=4, n_levels=2, dim=8, hidden=16,
+                          radius=(1.5, 0.0), unit_bottom_up=True))
+    r = rule.GlomRule(goodness_weight=1.0, ink_only=True, far_negatives=True,
+                      image_negatives=False, iterations=2, lr=1e-2, dtype="float32")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x = torch.zeros(8, 1, 16, 16)
+    for i in range(8):  # a bar at a different place in each image: hybrids break or add bars
+        x[i, :, 2:14, i + 2 : i + 6] = 1.0
+    g = torch.Generator().manual_seed(0)
+    first = rule.local_step(model, x, r, opt, g=g)
+    assert {"loss_good0", "loss_good1"} <= set(first)
+    for _ in range(30):
+        last = rule.local_step(model, x, r, opt, g=g)
+    assert last["loss_good0"] < first["loss_good0"]
+    with pytest.raises(ValueError, match="views=1"):
+        rule.local_step(model, x, rule.GlomRule(goodness_weight=1.0, views=2), opt, g=g)
+
+
+def test_residual_bottom_up_adds_the_level_below():
+    spec = GlomSpec(image=(1, 8, 8), patch=4, n_levels=3, dim=4, hidden=8,
+                    radius=(0.0, 0.0, 0.0), residual_bottom_up=True)
+    model = Glom(spec)
+    plain = Glom(GlomSpec(**{**spec.__dict__, "residual_bottom_up": False}))
+    plain.load_state_dict(model.state_dict())
+    x = torch.rand(2, 1, 8, 8)
+    cols = model.columns(x)
+    e = plain.init_state(cols)
+    # x + MLP(x): the residual net's prediction is the plain net's plus the level below
+    torch.testing.assert_close(model.bottom_up(cols, e)[:, 1:],
+                               plain.bottom_up(cols, e)[:, 1:] + e[:, :-1])
+    torch.testing.assert_close(model.bottom_up(cols, e)[:, 0], plain.bottom_up(cols, e)[:, 0])
+    with torch.no_grad():  # with the MLPs silenced, every level starts as a copy of level 0
+        model.bottom.w2.zero_()
+        model.bottom.b2.zero_()
+    s = model.init_state(cols)
+    torch.testing.assert_close(s[:, 1], s[:, 0])
+    torch.testing.assert_close(s[:, 2], s[:, 0])

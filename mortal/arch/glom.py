@@ -49,6 +49,12 @@ class GlomSpec:
     # pixels, not where a column is, dominate the state
     pos_scale: float = 1.0
     radius: tuple[float, ...] = (1.5, 3.0, 6.0, 0.0)  # per level, in columns; 0 = global
+    # the update reads only the direction of the bottom-up predictions, so their length is
+    # free to be a goodness (FF: the length says "real", only the direction is passed on)
+    unit_bottom_up: bool = False
+    # the bottom-up nets of levels 1.. add their input to their output (x + MLP(x)), so a
+    # level starts as a copy of the one below and keeps what it says unless learning changes it
+    residual_bottom_up: bool = False
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -203,7 +209,10 @@ class Glom(nn.Module):
     def bottom_up(self, cols: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """(B, N, F) column pixels, (B, L, N, D) state -> (B, L, N, D) bottom-up predictions."""
         b0 = self.bottom0(cols.unsqueeze(0), self.pos)  # (1, B, N, D)
-        up = self.bottom(e[:, :-1].transpose(0, 1))  # (L-1, B, N, D) from levels 0..L-2
+        below = e[:, :-1].transpose(0, 1)
+        up = self.bottom(below)  # (L-1, B, N, D) from levels 0..L-2
+        if self.spec.residual_bottom_up:
+            up = up + below.to(up.dtype)
         return torch.cat([b0, up], 0).transpose(0, 1)
 
     def top_down(self, e: torch.Tensor) -> torch.Tensor:
@@ -232,14 +241,24 @@ class Glom(nn.Module):
         for lvl in range(self.spec.n_levels - 1):  # level lvl+1 from level lvl, its own net
             x = levels[-1].reshape(-1, self.spec.dim).to(net.w1.dtype)
             h = F.gelu(torch.addmm(net.b1[lvl], x, net.w1[lvl]))
-            out = torch.addmm(net.b2[lvl], h, net.w2[lvl]).view(e.shape)
+            out = torch.addmm(net.b2[lvl], h, net.w2[lvl])
+            if self.spec.residual_bottom_up:
+                out = out + x.to(out.dtype)
+            out = out.view(e.shape)
             levels.append(F.normalize(out.float(), dim=-1))
         return torch.stack(levels, 1)
 
+    def combine(self, e: torch.Tensor, bu: torch.Tensor, td: torch.Tensor, att: torch.Tensor
+                ) -> torch.Tensor:
+        """The next state from the four terms (`update`), the bottom-up ones scaled to unit
+        length first when spec.unit_bottom_up."""
+        if self.spec.unit_bottom_up:
+            bu = F.normalize(bu.float(), dim=-1)
+        return update(e, bu, td, att, self.spec.weights)
+
     def step(self, e: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """One iteration of every level (gradients flow unless the caller detaches)."""
-        return update(e, self.bottom_up(cols, e), self.top_down(e), self.consensus(e),
-                      self.spec.weights)
+        return self.combine(e, self.bottom_up(cols, e), self.top_down(e), self.consensus(e))
 
     def forward(self, x: torch.Tensor, iterations: int) -> torch.Tensor:
         """(B, C, H, W) -> (B, L, N, D) state after `iterations` iterations."""

@@ -87,6 +87,12 @@ class Config:
     # columns by content, so position cannot solve the local loss (0: views line up)
     shift_columns: int = 0
     view_mask: float = 0.0  # views = 2: fraction of columns hidden in each view
+    # local mode, one view: weight of the FF goodness term (each bottom-up prediction long for
+    # real images, short for hybrid negatives; GlomRule.goodness_weight); > 0 also makes the
+    # update read only the bottom-up predictions' direction (GlomSpec.unit_bottom_up)
+    goodness_weight: float = 0.0
+    goodness_temperature: float = 1.0
+    residual_bottom_up: bool = False  # levels 1.. predict their input plus a learned change
     contrast_weight: float = 0.1
     mask_frac: float = 0.25
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bf16 if native
@@ -122,6 +128,10 @@ class Config:
               "shift_columns must be >= 0, and > 0 only with views=2", p)
         check(0 <= self.view_mask < 1 and (self.view_mask == 0 or self.views == 2),
               "view_mask must be in [0, 1), and > 0 only with views=2", p)
+        check(self.goodness_weight >= 0 and self.goodness_temperature > 0,
+              "goodness_weight must be >= 0 and goodness_temperature > 0", p)
+        check(self.goodness_weight == 0 or (self.mode == "local" and self.views == 1),
+              "goodness_weight > 0 needs mode=local and views=1", p)
         check(len(self.far_radius) in (0, self.n_levels) and all(r >= 0 for r in self.far_radius),
               "far_radius is empty (the attention windows) or one value >= 0 per level", p)
         check(self.image_negatives or self.far_negatives,
@@ -140,7 +150,9 @@ def spec_of(cfg: Any, image: tuple[int, int, int]) -> GlomSpec:
                     dim=cfg.dim, hidden=cfg.hidden, pos_freqs=cfg.pos_freqs,
                     weights=tuple(cfg.weights), beta=cfg.beta, radius=tuple(cfg.radius),
                     top_beta=getattr(cfg, "top_beta", 0.0),
-                    pos_scale=getattr(cfg, "pos_scale", 1.0))
+                    pos_scale=getattr(cfg, "pos_scale", 1.0),
+                    unit_bottom_up=getattr(cfg, "goodness_weight", 0.0) > 0,
+                    residual_bottom_up=getattr(cfg, "residual_bottom_up", False))
 
 
 def rule_of(cfg: Any, n_classes: int) -> rule_mod.GlomRule:
@@ -155,6 +167,8 @@ def rule_of(cfg: Any, n_classes: int) -> rule_mod.GlomRule:
                              views=cfg.views, shift=cfg.shift,
                              shift_columns=getattr(cfg, "shift_columns", 0),
                              view_mask=getattr(cfg, "view_mask", 0.0),
+                             goodness_weight=getattr(cfg, "goodness_weight", 0.0),
+                             goodness_temperature=getattr(cfg, "goodness_temperature", 1.0),
                              n_classes=n_classes, dtype=cfg.dtype)
 
 

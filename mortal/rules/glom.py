@@ -35,10 +35,12 @@ from torch import nn
 from tqdm import tqdm
 
 from mortal import distributed
-from mortal.arch.glom import Glom, column_distances, update
+from mortal.arch.glom import Glom, column_distances
 from mortal.config import ConfigError
 from mortal.data.augment import jitter
+from mortal.data.negatives import hybrid_images, other_indices
 from mortal.loop import DTYPES, autocast, lr_factor, make_optimizer, resolve_dtype, set_lr
+from mortal.rules import ff as ff_rule
 from mortal.runs import Run, check_finite
 
 MODES = ("local", "paper", "supervised")
@@ -87,6 +89,17 @@ class GlomRule:
     # independently per view, so a net must predict from context what the other view sees
     # (GLOM's filling-in by top-down and attention). 0: no masking
     view_mask: float = 0.0
+    # local mode, one view: weight of an FF term at every level. Each bottom-up net's
+    # prediction should be long (high mean square) for the real images and short for hybrid
+    # negatives (each image blended with another through a blurred random mask, as for
+    # unsupervised FF), averaged over each image's inked columns and scored as the pairwise
+    # logistic loss of an image against its hybrid at `goodness_temperature`. The hybrids
+    # have real parts in wrong arrangements, so telling them apart needs what an object is,
+    # which the consensus targets alone do not ask for. Use it with a model whose update reads
+    # only the bottom-up direction (GlomSpec.unit_bottom_up). 0: off
+    goodness_weight: float = 0.0
+    goodness_temperature: float = 1.0
+    blur_steps: int = 6  # the hybrids' mask (negatives.blur_mask)
     contrast_weight: float = 0.1  # paper mode: weight of the InfoNCE regulariser
     mask_frac: float = 0.25  # paper mode: fraction of columns whose pixels are hidden
     n_classes: int = 10  # supervised mode
@@ -195,7 +208,7 @@ def ink_weights(x: torch.Tensor, patch: int) -> torch.Tensor:
 
 def local_losses(model: Glom, cols: torch.Tensor, e: torch.Tensor, dtype: str,
                  weight: torch.Tensor | None = None, views: int = 1,
-                 align: torch.Tensor | None = None
+                 align: torch.Tensor | None = None, scored: int | None = None
                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
     """One local iteration: each net predicts its level from the detached state; returns
     ({"bu": (L,), "td": (L-1,)} losses against the detached consensus, bu, td, consensus),
@@ -205,7 +218,9 @@ def local_losses(model: Glom, cols: torch.Tensor, e: torch.Tensor, dtype: str,
     against the *other* view's consensus, the negatives coming from that view too. `align`
     (N,): the second view's column that holds the first view's column n (column-rolled views,
     `column_permutation`); the other view's consensus is re-indexed by it (and its inverse)
-    so column n's positive is the same content, and far negatives are far in content."""
+    so column n's positive is the same content, and far negatives are far in content.
+    `scored`: only the batch's first `scored` images are scored (the rest, FF negatives, are
+    predicted and returned but are neither targets nor InfoNCE negatives)."""
     e = e.detach()
     with torch.no_grad(), autocast(e.device, dtype):
         att = model.consensus(e).float()
@@ -216,7 +231,8 @@ def local_losses(model: Glom, cols: torch.Tensor, e: torch.Tensor, dtype: str,
     others = bool(getattr(model, "image_negatives", True))
     top_others = bool(getattr(model, "top_image_negatives", False))
     mm = DTYPES[dtype]  # the similarity matmuls in the run's dtype (fp32 softmax either way)
-    parts = [slice(None)] if views == 1 else [slice(0, len(e) // 2), slice(len(e) // 2, None)]
+    n = len(e) if scored is None else scored
+    parts = [slice(0, n)] if views == 1 else [slice(0, n // 2), slice(n // 2, n)]
     if align is not None and views != 2:
         raise ValueError("align needs views=2")
     order = None if align is None else [align, torch.argsort(align)]  # own column -> other's
@@ -259,7 +275,9 @@ def local_step(model: Glom, x: torch.Tensor, rule: GlomRule, opt: torch.optim.Op
     level; gradients accumulate over iterations (averaged over processes by `sync`, under data
     parallel, where x is the global batch and this process trains on its slice) and every net
     steps once. With rule.views = 2, two shifted copies of the batch (drawn from `g`) each
-    learn from the other's consensus; with rule.view_mask, each with its own columns hidden."""
+    learn from the other's consensus; with rule.view_mask, each with its own columns hidden.
+    With rule.goodness_weight, hybrid negatives (drawn from `g`) run beside the images and
+    every bottom-up net also learns the FF goodness term (`goodness_losses`)."""
     align = None
     if rule.views == 2:  # drawn for the global batch, so every process sees the same views
         first, second = shifted(x, rule.shift, g), shifted(x, rule.shift, g)
@@ -269,36 +287,81 @@ def local_step(model: Glom, x: torch.Tensor, rule: GlomRule, opt: torch.optim.Op
             second = roll_columns(second, (dy, dx), model.spec.patch)
             align = column_permutation(model.spec.grid, (dy, dx)).to(x.device)
         x = torch.cat([first, second])
+    neg = None
+    if rule.goodness_weight > 0:
+        if rule.views != 1:
+            raise ValueError("goodness_weight needs views=1")
+        neg = hybrids(x, rule.blur_steps, g)  # for the global batch, like the views
     seen = x  # the views before masking (where the ink is)
     if rule.views == 2 and rule.view_mask > 0:
         x = mask_columns(x, model.spec.patch, rule.view_mask, g)[0]
     if sync is not None:  # this process's slice of every view
         x, seen = (torch.cat([distributed.shard(v) for v in t.chunk(rule.views)])
                    for t in (x, seen))
-    cols = model.columns(x)
+        neg = None if neg is None else distributed.shard(neg)
+    n = len(x)
+    cols = model.columns(x if neg is None else torch.cat([x, neg]))
     weight = None
     if rule.ink_only:  # each view's weights sum to one
         weight = torch.cat([ink_weights(v, model.spec.patch) for v in seen.chunk(rule.views)])
+    per_image = None if neg is None else image_ink_weights(torch.cat([x, neg]),
+                                                           model.spec.patch)
     with torch.no_grad(), autocast(x.device, rule.dtype):
         e = model.init_state(cols)
     opt.zero_grad(set_to_none=True)
-    bu_sum = td_sum = 0.0
+    bu_sum = td_sum = good_sum = 0.0
     for _ in range(rule.iterations):
         losses, bu, td, att = local_losses(model, cols, e, rule.dtype, weight, rule.views,
-                                           align)
-        loss = (losses["bu"].sum() + losses["td"].sum()) / rule.iterations
-        loss.backward()
+                                           align, scored=n)
+        loss = losses["bu"].sum() + losses["td"].sum()
+        if neg is not None:
+            good = goodness_losses(bu, per_image, n, rule.goodness_temperature)
+            loss = loss + rule.goodness_weight * good.sum()
+            good_sum = good_sum + good.detach()
+        (loss / rule.iterations).backward()
         bu_sum = bu_sum + losses["bu"].detach()
         td_sum = td_sum + losses["td"].detach()
-        e = update(e, bu.detach(), td.detach(), att, model.spec.weights)
+        e = model.combine(e, bu.detach(), td.detach(), att)
+    sums = [bu_sum, td_sum] + ([good_sum] if neg is not None else [])
     if sync is not None:
         sync()
-        bu_sum = distributed.all_sum(bu_sum) / distributed.world()
-        td_sum = distributed.all_sum(td_sum) / distributed.world()
+        sums = [distributed.all_sum(v) / distributed.world() for v in sums]
     opt.step()
-    out = {f"loss_bu{i}": float(v) / rule.iterations for i, v in enumerate(bu_sum)}
-    out.update({f"loss_td{i}": float(v) / rule.iterations for i, v in enumerate(td_sum)})
+    out = {}
+    for name, v in zip(("bu", "td", "good")[:len(sums)], sums, strict=True):
+        out.update({f"loss_{name}{i}": float(u) / rule.iterations for i, u in enumerate(v)})
     return out
+
+
+def hybrids(x: torch.Tensor, blur_steps: int, g: torch.Generator | None) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, H, W) FF negatives: each image blended with another image of the
+    batch through a blurred random mask (`negatives.hybrid_images`)."""
+    other = other_indices(torch.arange(len(x)), len(x), g).to(x.device)
+    flat = hybrid_images(x.flatten(1), x[other].flatten(1), tuple(x.shape[1:]), blur_steps, g)
+    return flat.view_as(x)
+
+
+def image_ink_weights(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, N): per image, 1 / count on the columns with ink in their own patch
+    and 0 elsewhere (uniform over an image with no ink), so each row sums to one."""
+    ink = (patches(x, patch).abs().sum(-1) > 0).float()
+    ink = torch.where(ink.sum(1, keepdim=True) > 0, ink, torch.ones_like(ink))
+    return ink / ink.sum(1, keepdim=True)
+
+
+def goodness_losses(bu: torch.Tensor, weight: torch.Tensor, n: int, temperature: float
+                    ) -> torch.Tensor:
+    """(L,) FF losses of the bottom-up predictions bu (B, L, N, D), whose first `n` images are
+    real and the next `n` their hybrids: per image and level the goodness is the log of the
+    mean square of the prediction, averaged over columns with `weight` (B, N); each level's
+    loss is the pairwise logistic loss of every real image against its hybrid
+    (`ff.pairwise_loss`), and reaches only that level's bottom-up net. The log makes the loss
+    depend on the ratio of the lengths, not on their scale: predictions from unit-length
+    states start small, and a plain mean square would then give the term no gradient."""
+    ms = bu.float().square().mean(-1)  # (B, L, N)
+    good = torch.einsum("bln,bn->bl", ms, weight).clamp_min(1e-12).log()  # (B, L)
+    return torch.stack([ff_rule.pairwise_loss(good[:n, lvl], good[n:, lvl], temperature)
+                        for lvl in range(good.shape[1])])
 
 
 def shifted(x: torch.Tensor, max_shift: int, g: torch.Generator | None) -> torch.Tensor:
@@ -374,7 +437,7 @@ def paper_step(model: Glom, head: nn.Module, x: torch.Tensor, y: torch.Tensor | 
                 reg = reg + info_nce(bu, att_all, rule.tau, far, off).mean() \
                     + info_nce(td, att_all[:, :-1], rule.tau,
                                None if far is None else far[:-1], off).mean()
-            e = update(e, bu, td, att, model.spec.weights)
+            e = model.combine(e, bu, td, att)
         if rule.mode == "paper":
             recon = head(e[:, 0])  # (B, N, C p^2)
             err = (recon.float() - patches(x, p)).pow(2).mean(2)  # (B, N)
