@@ -71,6 +71,14 @@ def small_glom(levels: int = 3) -> Glom:
                          radius=(0.0,) * levels))
 
 
+def small_state(n_images: int) -> tuple[Glom, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """small_glom(3), `n_images` random 8x8 images, their columns and initial state."""
+    model = small_glom(3)
+    x = torch.rand(n_images, 1, 8, 8)
+    cols = model.columns(x)
+    return model, x, cols, model.init_state(cols)
+
+
 def untouched(p: torch.Tensor) -> bool:
     """No gradient reached this parameter (none at all, or exactly zero)."""
     return p.grad is None or bool((p.grad == 0).all())
@@ -483,10 +491,7 @@ def test_goodness_losses_hand_computed():
 
 
 def test_goodness_loss_reaches_only_its_levels_bottom_up_net():
-    model = small_glom(3)
-    x = torch.rand(4, 1, 8, 8)
-    cols = model.columns(x)
-    e = model.init_state(cols)
+    model, x, cols, e = small_state(4)
     _, bu, _, _ = rule.local_losses(model, cols, e, "float32", scored=2)
     good = rule.goodness_losses(bu, rule.image_ink_weights(x, 4), 2, 1.0)
     good[2].backward(retain_graph=True)
@@ -499,10 +504,7 @@ def test_goodness_loss_reaches_only_its_levels_bottom_up_net():
 
 
 def test_scored_images_alone_make_the_consensus_losses():
-    model = small_glom(3)
-    x = torch.rand(6, 1, 8, 8)
-    cols = model.columns(x)
-    e = model.init_state(cols)
+    model, x, cols, e = small_state(6)
     some, bu, _, _ = rule.local_losses(model, cols, e, "float32", scored=4)
     alone, bu4, _, _ = rule.local_losses(model, cols[:4], e[:4], "float32")
     assert bu.shape[0] == 6  # the unscored images are still predicted
