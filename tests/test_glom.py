@@ -581,3 +581,21 @@ def test_residual_bottom_up_adds_the_level_below():
     s = model.init_state(cols)
     torch.testing.assert_close(s[:, 1], s[:, 0])
     torch.testing.assert_close(s[:, 2], s[:, 0])
+
+
+def test_target_beta_sharpens_only_the_targets():
+    model, _, cols, e = small_state(4)
+    base, bu, td, att = rule.local_losses(model, cols, e, "float32")
+    model.target_beta = model.spec.beta  # the model's own beta: the same targets
+    same, *_ = rule.local_losses(model, cols, e, "float32")
+    model.target_beta = 30.0
+    sharp, bu2, _, att2 = rule.local_losses(model, cols, e, "float32")
+    for k in ("bu", "td"):
+        torch.testing.assert_close(same[k], base[k])
+    # the dynamics' consensus and the predictions are unchanged; the losses are against the
+    # sharper attention's averages
+    torch.testing.assert_close(att2, att)
+    torch.testing.assert_close(bu2, bu)
+    goal = consensus(e, 30.0, model.bias)
+    torch.testing.assert_close(sharp["bu"], rule.info_nce(bu, goal, 0.1))
+    assert not torch.allclose(sharp["bu"], base["bu"])

@@ -93,6 +93,7 @@ class Config:
     goodness_weight: float = 0.0
     goodness_temperature: float = 1.0
     residual_bottom_up: bool = False  # levels 1.. predict their input plus a learned change
+    target_beta: float = 0.0  # local mode: the targets' attention inverse temperature (0: beta)
     contrast_weight: float = 0.1
     mask_frac: float = 0.25
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bf16 if native
@@ -128,6 +129,7 @@ class Config:
               "shift_columns must be >= 0, and > 0 only with views=2", p)
         check(0 <= self.view_mask < 1 and (self.view_mask == 0 or self.views == 2),
               "view_mask must be in [0, 1), and > 0 only with views=2", p)
+        check(self.target_beta >= 0, "target_beta must be >= 0 (0: the model's beta)", p)
         check(self.goodness_weight >= 0 and self.goodness_temperature > 0,
               "goodness_weight must be >= 0 and goodness_temperature > 0", p)
         check(self.goodness_weight == 0 or (self.mode == "local" and self.views == 1),
@@ -169,6 +171,7 @@ def rule_of(cfg: Any, n_classes: int) -> rule_mod.GlomRule:
                              view_mask=getattr(cfg, "view_mask", 0.0),
                              goodness_weight=getattr(cfg, "goodness_weight", 0.0),
                              goodness_temperature=getattr(cfg, "goodness_temperature", 1.0),
+                             target_beta=getattr(cfg, "target_beta", 0.0),
                              n_classes=n_classes, dtype=cfg.dtype)
 
 

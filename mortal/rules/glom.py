@@ -35,7 +35,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mortal import distributed
-from mortal.arch.glom import Glom, column_distances
+from mortal.arch.glom import Glom, column_distances, consensus
 from mortal.config import ConfigError
 from mortal.data.augment import jitter
 from mortal.data.negatives import hybrid_images, other_indices
@@ -99,6 +99,11 @@ class GlomRule:
     # only the bottom-up direction (GlomSpec.unit_bottom_up). 0: off
     goodness_weight: float = 0.0
     goodness_temperature: float = 1.0
+    # local mode: the inverse temperature of the attention that makes the nets' *targets* (0:
+    # the model's own). Higher than the dynamics' beta, a column is taught to predict the mean
+    # of the neighbours already like it, not of its whole window, so agreement can grow inside
+    # an island without smearing it into the next one
+    target_beta: float = 0.0
     blur_steps: int = 6  # the hybrids' mask (negatives.blur_mask)
     contrast_weight: float = 0.1  # paper mode: weight of the InfoNCE regulariser
     mask_frac: float = 0.25  # paper mode: fraction of columns whose pixels are hidden
@@ -176,6 +181,7 @@ def attach(model: Glom, rule: GlomRule) -> None:
     model.far_radius = tuple(rule.far_radius)
     model.image_negatives = rule.image_negatives
     model.top_image_negatives = rule.top_image_negatives
+    model.target_beta = rule.target_beta
 
 
 def far_mask(model: Glom) -> torch.Tensor:
@@ -224,6 +230,9 @@ def local_losses(model: Glom, cols: torch.Tensor, e: torch.Tensor, dtype: str,
     e = e.detach()
     with torch.no_grad(), autocast(e.device, dtype):
         att = model.consensus(e).float()
+        sharp = float(getattr(model, "target_beta", 0.0))
+        # the targets: the same consensus, or one through sharper attention (target_beta)
+        goal = consensus(e, sharp, model.bias).float() if sharp else att
     with autocast(e.device, dtype):
         bu = model.bottom_up(cols, e)
         td = model.top_down(e)
@@ -240,7 +249,7 @@ def local_losses(model: Glom, cols: torch.Tensor, e: torch.Tensor, dtype: str,
     for i, own in enumerate(parts):
         target = parts[(i + 1) % len(parts)]  # the view itself, or the other one
         w = None if weight is None else weight[own]
-        att_all, off = global_batch(att[target])  # negatives from every process's images
+        att_all, off = global_batch(goal[target])  # negatives from every process's images
         if order is not None:  # the other view's columns in this view's order of content
             att_all = att_all[:, :, order[i]]
         if top_others and not others:  # the top level with other images, the rest without
