@@ -90,13 +90,13 @@ class GlomRule:
     # (GLOM's filling-in by top-down and attention). 0: no masking
     view_mask: float = 0.0
     # local mode, one view: weight of an FF term at every level. Each bottom-up net's
-    # prediction should be long (high mean square) for the real images and short for hybrid
-    # negatives (each image blended with another through a blurred random mask, as for
-    # unsupervised FF), averaged over each image's inked columns and scored as the pairwise
+    # prediction should be long (high log mean square) for the real images and short for
+    # hybrid negatives (each image blended with another through a blurred random mask, as
+    # for unsupervised FF), averaged over each image's inked columns and scored as the pairwise
     # logistic loss of an image against its hybrid at `goodness_temperature`. The hybrids
-    # have real parts in wrong arrangements, so telling them apart needs what an object is,
-    # which the consensus targets alone do not ask for. Use it with a model whose update reads
-    # only the bottom-up direction (GlomSpec.unit_bottom_up). 0: off
+    # hold pieces of real images in wrong arrangements, so telling them apart needs what an
+    # object is, which the consensus targets alone do not ask for. Use it with a model whose
+    # update reads only the bottom-up direction (GlomSpec.unit_bottom_up). 0: off
     goodness_weight: float = 0.0
     goodness_temperature: float = 1.0
     # local mode: the inverse temperature of the attention that makes the nets' *targets* (0:
