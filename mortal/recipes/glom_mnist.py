@@ -61,6 +61,7 @@ class Config:
     views: int = 2  # two shifted views of each image, each taught by the other's consensus
     shift: int = 2  # pixels, for views = 2
     view_mask: float = 0.0  # views = 2: fraction of columns hidden in each view
+    residual_bottom_up: bool = False  # levels 1.. predict their input plus a learned change
     contrast_weight: float = 0.1
     mask_frac: float = 0.25
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bf16 if native
