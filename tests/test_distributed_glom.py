@@ -1,7 +1,8 @@
 """GLOM data parallel (issue #9): two processes over gloo train like one process on the combined
 batch, in mode=local (InfoNCE negatives from the global batch, far negatives on, two shifted
 views of every image; and with the losses on inked columns only, whose count is the global
-batch's) and mode=paper (the masked-pixel mean over the global batch's masked columns), and
+batch's, plus the FF goodness term on hybrid negatives drawn for the global batch) and
+mode=paper (the masked-pixel mean over the global batch's masked columns), and
 mode=supervised with a class per column (the mean over the global batch's labelled columns,
 which the two halves hold unequally). The
 two-process local run is stopped after its first checkpoint and resumed, and still ends where
@@ -46,7 +47,8 @@ class _Stop(Exception):
 
 def _train(out: Path, mode: str, stop_at: int | None = None, resume: bool = False) -> Glom:
     """A tiny GLOM trained for STEPS steps in fp32 (stopped before step `stop_at` if given);
-    mode "local_ink": local, losses on inked columns only, far negatives only; "local": two
+    mode "local_ink": local, losses on inked columns only, far negatives only, and the
+    goodness term on hybrids (drawn from the checkpointed generator); "local": two
     shifted views of each image (their draws come from the checkpointed generator);
     "supervised_columns": supervised, a class per column."""
     torch.manual_seed(0)
@@ -56,7 +58,8 @@ def _train(out: Path, mode: str, stop_at: int | None = None, resume: bool = Fals
     rule_mode = "local" if ink else "supervised" if per_column else mode
     rule = rule_mod.GlomRule(mode=rule_mode, iterations=2, lr=1e-2, tau=0.2,
                              far_negatives=True, ink_only=ink, image_negatives=not ink,
-                             views=2 if mode == "local" else 1, n_classes=3, dtype="float32")
+                             views=2 if mode == "local" else 1, n_classes=3, dtype="float32",
+                             goodness_weight=0.5 if ink else 0.0)
     head = rule_mod.make_head(model, rule)
 
     def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
