@@ -199,12 +199,18 @@ def far_mask(model: Glom) -> torch.Tensor:
     return torch.stack([dist > r for r in radius]) & ~eye
 
 
+def inked(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, N) float: 1 on the columns with ink (any non-zero pixel) in their
+    own patch, 0 elsewhere."""
+    return (patches(x, patch).abs().sum(-1) > 0).float()
+
+
 def ink_weights(x: torch.Tensor, patch: int) -> torch.Tensor:
     """(B, C, H, W) -> (B, N) loss weights: 1 / count on the columns with ink (any non-zero
     pixel) in their own patch, 0 elsewhere; uniform when no column of the batch has ink. Under
     data parallel the count is the global batch's divided by the process count, so the mean
     over processes of their weighted sums is one process's weighted mean on the whole batch."""
-    ink = (patches(x, patch).abs().sum(-1) > 0).float()
+    ink = inked(x, patch)
     count = distributed.all_sum(ink.sum().clone()) / distributed.world()
     if float(count) == 0:
         ink = torch.ones_like(ink)
@@ -309,12 +315,12 @@ def local_step(model: Glom, x: torch.Tensor, rule: GlomRule, opt: torch.optim.Op
                    for t in (x, seen))
         neg = None if neg is None else distributed.shard(neg)
     n = len(x)
-    cols = model.columns(x if neg is None else torch.cat([x, neg]))
+    both = x if neg is None else torch.cat([x, neg])  # the images, then their hybrids
+    cols = model.columns(both)
     weight = None
     if rule.ink_only:  # each view's weights sum to one
         weight = torch.cat([ink_weights(v, model.spec.patch) for v in seen.chunk(rule.views)])
-    per_image = None if neg is None else image_ink_weights(torch.cat([x, neg]),
-                                                           model.spec.patch)
+    per_image = None if neg is None else image_ink_weights(both, model.spec.patch)
     with torch.no_grad(), autocast(x.device, rule.dtype):
         e = model.init_state(cols)
     opt.zero_grad(set_to_none=True)
@@ -353,7 +359,7 @@ def hybrids(x: torch.Tensor, blur_steps: int, g: torch.Generator | None) -> torc
 def image_ink_weights(x: torch.Tensor, patch: int) -> torch.Tensor:
     """(B, C, H, W) -> (B, N): per image, 1 / count on the columns with ink in their own patch
     and 0 elsewhere (uniform over an image with no ink), so each row sums to one."""
-    ink = (patches(x, patch).abs().sum(-1) > 0).float()
+    ink = inked(x, patch)
     ink = torch.where(ink.sum(1, keepdim=True) > 0, ink, torch.ones_like(ink))
     return ink / ink.sum(1, keepdim=True)
 
