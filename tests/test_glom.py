@@ -599,3 +599,30 @@ def test_target_beta_sharpens_only_the_targets():
     goal = consensus(e, 30.0, model.bias)
     torch.testing.assert_close(sharp["bu"], rule.info_nce(bu, goal, 0.1))
     assert not torch.allclose(sharp["bu"], base["bu"])
+
+
+def test_views_can_be_rotated_and_zoomed_and_the_default_draws_nothing_more():
+    model = Glom(GlomSpec(image=(1, 16, 16), patch=4, n_levels=2, dim=8, hidden=16,
+                          radius=(0.0, 0.0)))
+    seen = []
+    columns = model.columns
+
+    def spy(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.clone())
+        return columns(x)
+
+    model.columns = spy
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    x = torch.zeros(4, 1, 16, 16)
+    x[:, 0, 6:10, 2:14] = 1.0  # a bar: a rotation moves its ends
+    for r in (rule.GlomRule(views=2, shift=0, dtype="float32"),
+              rule.GlomRule(views=2, shift=0, rotate=40.0, scale=0.2, dtype="float32")):
+        rule.local_step(model, x, r, opt, g=torch.Generator().manual_seed(0))
+    plain, turned = seen
+    assert torch.equal(plain, torch.cat([x, x]))  # no rotation drawn: the images themselves
+    assert not torch.allclose(turned[:4], x) and not torch.allclose(turned[:4], turned[4:])
+    from mortal.config import build
+    from mortal.recipes.glom_mnist import Config
+    assert build(Config, {"rotate": "15", "scale": "0.1"}).rotate == 15.0
+    with pytest.raises(ValueError, match="only with views=2"):
+        build(Config, {"rotate": "15", "views": "1"})

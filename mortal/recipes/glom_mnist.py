@@ -61,6 +61,8 @@ class Config:
     views: int = 2  # two shifted views of each image, each taught by the other's consensus
     shift: int = 2  # pixels, for views = 2
     view_mask: float = 0.0  # views = 2: fraction of columns hidden in each view
+    rotate: float = 0.0  # views = 2: each view also rotated by up to this many degrees
+    scale: float = 0.0  # views = 2: and zoomed by a factor in [1 - scale, 1 + scale]
     residual_bottom_up: bool = False  # levels 1.. predict their input plus a learned change
     contrast_weight: float = 0.1
     mask_frac: float = 0.25
@@ -91,6 +93,9 @@ class Config:
         check(self.views in (1, 2) and self.shift >= 0, "views is 1 or 2; shift >= 0", p)
         check(0 <= self.view_mask < 1 and (self.view_mask == 0 or self.views == 2),
               "view_mask must be in [0, 1), and > 0 only with views=2", p)
+        check(self.rotate >= 0 and 0 <= self.scale < 1
+              and (self.rotate == self.scale == 0 or self.views == 2),
+              "rotate >= 0 and scale in [0, 1), and either > 0 only with views=2", p)
         check(28 % self.patch == 0, "patch must divide 28", p)
         check(0 < self.mask_frac < 1, "mask_frac must be in (0, 1)", p)
         check(self.probe_epochs >= 1 and self.probe_lr > 0, "probe_epochs, probe_lr > 0", p)

@@ -167,6 +167,8 @@ def rule_of(cfg: Any, n_classes: int) -> rule_mod.GlomRule:
                              image_negatives=getattr(cfg, "image_negatives", True),
                              top_image_negatives=getattr(cfg, "top_image_negatives", False),
                              views=cfg.views, shift=cfg.shift,
+                             rotate=getattr(cfg, "rotate", 0.0),
+                             scale=getattr(cfg, "scale", 0.0),
                              shift_columns=getattr(cfg, "shift_columns", 0),
                              view_mask=getattr(cfg, "view_mask", 0.0),
                              goodness_weight=getattr(cfg, "goodness_weight", 0.0),

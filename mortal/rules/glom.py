@@ -37,7 +37,7 @@ from tqdm import tqdm
 from mortal import distributed
 from mortal.arch.glom import Glom, column_distances, consensus
 from mortal.config import ConfigError
-from mortal.data.augment import jitter
+from mortal.data.augment import jitter, random_affine
 from mortal.data.negatives import hybrid_images, other_indices
 from mortal.loop import DTYPES, autocast, lr_factor, make_optimizer, resolve_dtype, set_lr
 from mortal.rules import ff as ff_rule
@@ -78,6 +78,11 @@ class GlomRule:
     # between two crops of one image): what agrees must survive the shift, not just the pixels
     views: int = 1
     shift: int = 2
+    # local mode, views = 2: also rotate each view by up to `rotate` degrees and zoom it by
+    # up to a factor 1 +- `scale` (each image its own draw): what the two views agree on must
+    # then survive the small rotations and size changes a digit can take. 0: shifts only
+    rotate: float = 0.0
+    scale: float = 0.0
     # local mode, views = 2: also roll the second view by a random whole number of columns,
     # up to this many along each axis (one offset per step, wrapping around), and score each
     # view's prediction at a column against the other view's consensus at the column holding
@@ -289,13 +294,15 @@ def local_step(model: Glom, x: torch.Tensor, rule: GlomRule, opt: torch.optim.Op
     """mode=local: `iterations` iterations, each net regressing the detached consensus at its
     level; gradients accumulate over iterations (averaged over processes by `sync`, under data
     parallel, where x is the global batch and this process trains on its slice) and every net
-    steps once. With rule.views = 2, two shifted copies of the batch (drawn from `g`) each
-    learn from the other's consensus; with rule.view_mask, each with its own columns hidden.
+    steps once. With rule.views = 2, two shifted (and with rule.rotate / rule.scale, rotated
+    and zoomed) copies of the batch (drawn from `g`) each learn from the other's consensus;
+    with rule.view_mask, each with its own columns hidden.
     With rule.goodness_weight, hybrid negatives (drawn from `g`) run beside the images and
     every bottom-up net also learns the FF goodness term (`goodness_losses`)."""
     align = None
     if rule.views == 2:  # drawn for the global batch, so every process sees the same views
-        first, second = shifted(x, rule.shift, g), shifted(x, rule.shift, g)
+        first, second = (shifted(random_affine(x, rule.rotate, rule.scale, g), rule.shift, g)
+                         for _ in range(2))
         if rule.shift_columns > 0:
             dy, dx = torch.randint(-rule.shift_columns, rule.shift_columns + 1, (2,),
                                    generator=g).tolist()
