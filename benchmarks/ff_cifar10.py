@@ -53,21 +53,27 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     out: dict = {"benchmark": "ff_cifar10", "depth": args.depth, "batch_size": args.batch_size}
-    for impl in ("band", "gather"):
-        res = measure(args, impl)
+    for impl, reuse in (("band", True), ("band", False), ("gather", True)):
+        res = measure(args, impl, reuse)
         out["dtype"] = res["dtype"]
         out["gemm_peak_gflops"] = res.pop("gemm_peak_gflops")
-        out[impl] = res
-    out["band_over_gather_ff_train"] = round(out["band"]["ff_train_examples_per_s"]
+        out[impl if reuse else "band_blocks_per_call"] = res
+    band, per_call = out["band"], out["band_blocks_per_call"]
+    out["band_over_gather_ff_train"] = round(band["ff_train_examples_per_s"]
                                              / out["gather"]["ff_train_examples_per_s"], 2)
+    for k in ("ff_train", "ff_every_label_eval"):  # `frozen`: blocks built once per step
+        out[f"blocks_once_over_per_call_{k}"] = round(
+            band[f"{k}_examples_per_s"] / per_call[f"{k}_examples_per_s"], 2)
     env = environment(out["dtype"])
     out.update({"cpu": env["cpu"], "threads": env["torch_threads"], "torch": env["torch"],
                 "date": env["date"], "git_revision": env["git_revision"]})
     print(json.dumps(out, indent=2))
 
 
-def measure(args: argparse.Namespace, impl: str) -> dict:
-    """Speeds of FF training, every-label evaluation and backprop with one layer impl."""
+def measure(args: argparse.Namespace, impl: str, reuse: bool = True) -> dict:
+    """Speeds of FF training, every-label evaluation and backprop with one layer impl;
+    `reuse` False builds the band blocks at every call instead of once per step (the
+    recipe's `frozen`; only the band implementation has blocks)."""
     torch.manual_seed(0)
     cfg = recipe.Config(batch_size=args.batch_size, local_impl=impl)
     b = args.batch_size
@@ -79,13 +85,23 @@ def measure(args: argparse.Namespace, impl: str) -> dict:
     opts = [make_optimizer("adam", layer.parameters(), 1e-3) for layer in net.layers]
 
     def ff_step() -> None:  # the recipe's step: every layer's loss, each layer's optimiser
-        rec.update(opts, rec.layer_losses(net, x, y, (y + 1) % 10, cfg,
-                                          recipe.GOODNESS[args.goodness]))
+        if reuse:
+            losses = recipe.ff_losses(net, x, y, (y + 1) % 10, cfg, args.goodness)
+        else:
+            losses = rec.layer_losses(net, x, y, (y + 1) % 10, cfg,
+                                      recipe.GOODNESS[args.goodness])
+        rec.update(opts, losses)
+
+    def every_label() -> None:
+        if reuse:
+            recipe.every_label_scores(net, x, cfg, args.goodness)
+        else:
+            rec.goodness_by_iteration(net, x, cfg, cfg.score_to, cfg.eval_batch_size)
 
     ff_s = seconds_per_call(ff_step, args.steps)
     macs = [layer.local.weight.numel() for layer in net.layers]
     ff_gflops = 4 * sum(macs) * 2 * b * cfg.iterations / ff_s / 1e9
-    eval_s = seconds_per_call(lambda: recipe.every_label_scores(net, x, cfg, args.goodness), 1)
+    eval_s = seconds_per_call(every_label, 1)
     eval_gflops = 2 * sum(macs) * b * 10 * cfg.score_to / eval_s / 1e9
 
     model = recipe.bp_net(cfg, args.depth)

@@ -80,7 +80,7 @@ def test_every_label_picks_lowest_ssq_for_min_ssq(monkeypatch):
     ssq[0, 2] = 9.0
     monkeypatch.setattr(rec, "goodness_by_iteration", lambda *a, **k: ssq)
     cfg = fc.Config()
-    net = None
+    net = torch.nn.Module()  # any module: the goodness is the mock above
     assert fc.every_label_scores(net, torch.zeros(1, 3), cfg, "min_ssq").argmax(1).item() == 7
     assert fc.every_label_scores(net, torch.zeros(1, 3), cfg, "max_ssq").argmax(1).item() == 2
 

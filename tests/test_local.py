@@ -196,3 +196,55 @@ def test_dead_units_counts_units_silent_on_every_image():
             layer.linear.bias.copy_(torch.tensor(bias))
     x, y = torch.rand(8, 20), torch.randint(0, 10, (8,))
     assert dead_units(net, x, y) == [0.5, round(1 / 3, 4)]
+
+
+def test_frozen_reuses_band_blocks_with_the_same_results_and_rebuilds_after_a_step():
+    from mortal.arch.local import frozen
+    from mortal.recipes import ff_cifar10 as fc
+    from mortal.recipes import ff_recurrent_mnist as rec
+
+    torch.manual_seed(0)
+    cfg = fc.Config(image_size=12, kernel=5, dtype="float32")
+    net = fc.ff_net(cfg, 2)
+    x, y = torch.randn(6, 3 * 12 * 12), torch.tensor([0, 1, 2, 3, 4, 5])
+    built = []
+    geometry = type(net.layers[0].local).geometry
+
+    def spy(self, c):  # count block builds through the geometries handed out
+        geo = geometry(self, c)
+        blocks = type(geo).blocks
+        return type("Spy", (type(geo),), {"blocks": lambda g, w, dt: (built.append(c),
+                                                                     blocks(g, w, dt))[1]}
+                    )(*[getattr(geo, f) for f in geo.__dataclass_fields__])
+
+    def step(use: bool):
+        net.zero_grad()
+        built.clear()
+        if use:
+            with frozen(net):
+                losses = rec.layer_losses(net, x, y, (y + 1) % 10, cfg, "neg_sumsq")
+        else:
+            losses = rec.layer_losses(net, x, y, (y + 1) % 10, cfg, "neg_sumsq")
+        sum(losses).backward()
+        return [v.detach() for v in losses], [p.grad.clone() for p in net.parameters()]
+
+    for layer in net.layers:
+        layer.local.geometry = spy.__get__(layer.local)
+    plain, frozen_run = step(False), step(True)
+    n_frozen = len(built)
+    step(False)
+    n_plain = len(built)
+    for a, b in zip(plain[0] + plain[1], frozen_run[0] + frozen_run[1], strict=True):
+        assert torch.equal(a, b)  # the same blocks: bit for bit
+    # frozen: layer 1's image part, its top-down part and layer 2, each built once; plain:
+    # those two at each of the 10 iterations, plus the image part and layer 2 of the first
+    # (no-grad) bottom-up pass, plus the image part again with grad
+    assert n_frozen == 3 and n_plain == 2 * cfg.iterations + 3
+    assert all(layer.local._blocks is None for layer in net.layers)  # nothing kept after
+    with frozen(net):
+        before = fc.every_label_scores(net, x, cfg, "min_ssq")
+        with torch.no_grad():  # an in-place change of the weights bumps their version
+            net.layers[1].local.weight.mul_(2.0)
+        after = fc.every_label_scores(net, x, cfg, "min_ssq")
+    torch.testing.assert_close(after, fc.every_label_scores(net, x, cfg, "min_ssq"))
+    assert not torch.allclose(before, after)

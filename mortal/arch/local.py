@@ -30,6 +30,8 @@ Any learning rule can train it: it maps a tensor to a tensor like `Dense`.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -110,8 +112,10 @@ class BandGeometry:
         hp, wp = self.padded
         n = x.shape[0]
         xp = x.new_zeros(hp, wp, self.c, n)
-        xt = x.reshape(n, -1).t().contiguous().view(self.h, self.w, self.c, n)
+        xt = x.reshape(n, -1).t().view(self.h, self.w, self.c, n)
         xp[self.p : self.p + self.h, self.p : self.p + self.w] = xt
+        if self.groups == 1 and self.span == wp:  # one block reads every column: no copy
+            return xp.view(1, -1, n)
         step = self.bw * self.s
         return torch.stack([xp[:, g * step : g * step + self.span]
                             for g in range(self.groups)]).view(self.groups, -1, n)
@@ -128,11 +132,12 @@ class _BandLocal(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,  # noqa: D102
-                geo: BandGeometry) -> torch.Tensor:
+                geo: BandGeometry, blocks: torch.Tensor | None = None) -> torch.Tensor:
         dt = compute_dtype(x, weight)
         n = x.shape[0]
         cols = geo.columns(x.to(dt))
-        blocks = geo.blocks(weight, dt)
+        if blocks is None:
+            blocks = geo.blocks(weight, dt)
         out = cols.new_empty(geo.groups, geo.oh, geo.bw * geo.o, n)
         b = None
         if bias is not None:  # (L, O) -> (G, oh, bw*O, 1), zero-padded to whole blocks
@@ -183,7 +188,7 @@ class _BandLocal(torch.autograd.Function):
                 grad_b = grad_b.reshape(-1, geo.o).to(ctx.dtypes[1])
             if ctx.needs_input_grad[0]:
                 grad_x = _band_input_grad(go, blocks, geo).to(ctx.dtypes[0])
-        return grad_x, grad_w, grad_b, None
+        return grad_x, grad_w, grad_b, None, None
 
 
 def _band_input_grad(go: torch.Tensor, blocks: torch.Tensor, geo: BandGeometry
@@ -238,6 +243,7 @@ class LocallyConnected2d(nn.Module):
         self.act = ACTIVATIONS[act]
         self.register_buffer("index", self._gather_index(c), persistent=False)  # L, Ckk
         self._index: dict[tuple[int, torch.device], torch.Tensor] = {}
+        self._blocks: dict | None = None  # band blocks kept inside `frozen` (None: outside)
 
     def _gather_index(self, c: int) -> torch.Tensor:
         """Which flat (H, W, c) input element each patch entry reads; with padding, indices
@@ -294,8 +300,17 @@ class LocallyConnected2d(nn.Module):
         if self.impl == "gather":
             return self._gather(x, weight, bias)
         _, h, w = self.in_shape
-        return _BandLocal.apply(x.reshape(x.shape[0], h, w, c), weight, bias,
-                                self.geometry(c))
+        geo = self.geometry(c)
+        blocks = None
+        if self._blocks is not None:  # inside `frozen`: build each weight slice's blocks once
+            dt = compute_dtype(x, weight)
+            key = (weight.data_ptr(), tuple(weight.shape), dt)
+            kept = self._blocks.get(key)
+            if kept is None or kept[0] != weight._version:
+                kept = (weight._version, geo.blocks(weight.detach(), dt))
+                self._blocks[key] = kept
+            blocks = kept[1]
+        return _BandLocal.apply(x.reshape(x.shape[0], h, w, c), weight, bias, geo, blocks)
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         """The pre-activation (N, L, O), without the activation."""
@@ -330,3 +345,21 @@ def local_stack(in_shape: tuple[int, int, int],
         oh, ow, o = layer.out_shape
         shape = (o, oh, ow)
     return nn.ModuleList(out)
+
+
+@contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """A block of code in which the weights of `module`'s banded locally connected layers do
+    not change (an evaluation, or the forward runs of one training step): each layer builds the
+    dense blocks of its weights once and reuses them, instead of once per call (a recurrent
+    net calls each layer 10 labels x 5 iterations per image when it classifies). The caller
+    promises the weights stay put: optimisers may update them in place without a trace
+    (fused Adam does not bump the version counter, which is checked as well)."""
+    layers = [m for m in module.modules() if isinstance(m, LocallyConnected2d)]
+    for m in layers:
+        m._blocks = {}
+    try:
+        yield
+    finally:
+        for m in layers:
+            m._blocks = None

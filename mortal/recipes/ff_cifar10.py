@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mortal.arch.local import local_stack
+from mortal.arch.local import frozen, local_stack
 from mortal.arch.recurrent import LocalRecurrentStack
 from mortal.config import check
 from mortal.loop import (
@@ -192,7 +192,8 @@ def every_label_scores(net: LocalRecurrentStack, x: torch.Tensor, cfg: Config, g
     """(N, 10) goodness (higher = more positive) with each label, summed over the layers and
     iterations score_from..score_to: ff-recurrent-mnist's scores, signed for min_ssq."""
     sign = ff.GOODNESS[GOODNESS[goodness]][1]
-    g = rec.goodness_by_iteration(net, x, cfg, cfg.score_to, cfg.eval_batch_size)  # type: ignore[arg-type]
+    with frozen(net):  # the weights stay put: each layer builds its band blocks once
+        g = rec.goodness_by_iteration(net, x, cfg, cfg.score_to, cfg.eval_batch_size)  # type: ignore[arg-type]
     return sign * g[:, :, cfg.score_from - 1 :].sum(2)
 
 
@@ -204,11 +205,19 @@ def neutral_features(net: LocalRecurrentStack, x: torch.Tensor, cfg: Config) -> 
     for i in range(0, len(x), cfg.eval_batch_size):
         xb = x[i : i + cfg.eval_batch_size]
         y = xb.new_full((len(xb), 10), 0.1)  # neutral; the net normalises and scales it
-        with autocast(x.device, cfg.dtype):
+        with autocast(x.device, cfg.dtype), frozen(net):
             runs = net.run(xb, y, cfg.score_to)[cfg.score_from - 1 :]
         mean = [sum(r[j].float() for r in runs) / len(runs) for j in range(len(net.layers))]
         chunks.append(torch.cat([ff.normalise(h) for h in mean], 1).bfloat16())
     return torch.cat(chunks)
+
+
+def ff_losses(net: LocalRecurrentStack, x: torch.Tensor, y: torch.Tensor, y_neg: torch.Tensor,
+              cfg: Config, goodness: str) -> list[torch.Tensor]:
+    """One training step's FF loss per layer (`rec.layer_losses`), each layer building its
+    band blocks once for the step's positive and negative runs of every iteration."""
+    with frozen(net):  # the weights change only when the losses are applied
+        return rec.layer_losses(net, x, y, y_neg, cfg, GOODNESS[goodness])
 
 
 def train_ff(cfg: Config, data: Split, depth: int, goodness: str, stage: Any
@@ -221,7 +230,7 @@ def train_ff(cfg: Config, data: Split, depth: int, goodness: str, stage: Any
             for layer in net.layers]
     ff_recurrent.train_epochs(
         net, opts, data.x_train, data.y_train, cfg, stage,
-        losses=lambda x, y, y_neg, g: rec.layer_losses(net, x, y, y_neg, cfg, GOODNESS[goodness]),
+        losses=lambda x, y, y_neg, g: ff_losses(net, x, y, y_neg, cfg, goodness),
         apply=lambda losses: rec.update(opts, losses),
         scores=lambda x: every_label_scores(net, x, cfg, goodness),
         name=f"the {depth}-layer FF net ({goodness})")
