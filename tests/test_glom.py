@@ -454,10 +454,11 @@ def test_supervised_per_column_loss_is_the_cross_entropy_of_labelled_columns():
     assert got["loss_main"] == pytest.approx(float(want), rel=1e-5)
 
 
-def test_view_mask_hides_whole_columns_in_each_view_independently():
+def spied_model() -> tuple[Glom, list[torch.Tensor]]:
+    """A small 16x16 GLOM whose `columns` records every image batch it is given."""
     model = Glom(GlomSpec(image=(1, 16, 16), patch=4, n_levels=2, dim=8, hidden=16,
                           radius=(0.0, 0.0)))
-    seen = []
+    seen: list[torch.Tensor] = []
     columns = model.columns
 
     def spy(x: torch.Tensor) -> torch.Tensor:
@@ -465,6 +466,11 @@ def test_view_mask_hides_whole_columns_in_each_view_independently():
         return columns(x)
 
     model.columns = spy
+    return model, seen
+
+
+def test_view_mask_hides_whole_columns_in_each_view_independently():
+    model, seen = spied_model()
     r = rule.GlomRule(views=2, shift=0, view_mask=0.5, ink_only=True, dtype="float32")
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     rule.local_step(model, torch.ones(8, 1, 16, 16), r, opt, g=torch.Generator().manual_seed(0))
@@ -602,16 +608,7 @@ def test_target_beta_sharpens_only_the_targets():
 
 
 def test_views_can_be_rotated_and_zoomed_and_the_default_draws_nothing_more():
-    model = Glom(GlomSpec(image=(1, 16, 16), patch=4, n_levels=2, dim=8, hidden=16,
-                          radius=(0.0, 0.0)))
-    seen = []
-    columns = model.columns
-
-    def spy(x: torch.Tensor) -> torch.Tensor:
-        seen.append(x.clone())
-        return columns(x)
-
-    model.columns = spy
+    model, seen = spied_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     x = torch.zeros(4, 1, 16, 16)
     x[:, 0, 6:10, 2:14] = 1.0  # a bar: a rotation moves its ends
