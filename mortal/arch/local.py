@@ -352,9 +352,9 @@ def frozen(module: nn.Module) -> Iterator[None]:
     """A block of code in which the weights of `module`'s banded locally connected layers do
     not change (an evaluation, or the forward runs of one training step): each layer builds the
     dense blocks of its weights once and reuses them, instead of once per call (a recurrent
-    net calls each layer 10 labels x 5 iterations per image when it classifies). The caller
-    promises the weights stay put: optimisers may update them in place without a trace
-    (fused Adam does not bump the version counter, which is checked as well)."""
+    net calls each layer 10 labels x 5 iterations per image when it classifies). An in-place
+    change that bumps the weights' version counter is noticed and the blocks rebuilt, but
+    fused Adam's step does not bump it: never step an optimiser inside the block."""
     layers = [m for m in module.modules() if isinstance(m, LocallyConnected2d)]
     for m in layers:
         m._blocks = {}
