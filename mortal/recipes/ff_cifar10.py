@@ -202,13 +202,14 @@ def neutral_features(net: LocalRecurrentStack, x: torch.Tensor, cfg: Config) -> 
     """Normalised hidden activities of one run with a neutral label (every entry 1/10),
     averaged over iterations score_from..score_to: the one-pass softmax's input (bf16)."""
     chunks = []
-    for i in range(0, len(x), cfg.eval_batch_size):
-        xb = x[i : i + cfg.eval_batch_size]
-        y = xb.new_full((len(xb), 10), 0.1)  # neutral; the net normalises and scales it
-        with autocast(x.device, cfg.dtype), frozen(net):
-            runs = net.run(xb, y, cfg.score_to)[cfg.score_from - 1 :]
-        mean = [sum(r[j].float() for r in runs) / len(runs) for j in range(len(net.layers))]
-        chunks.append(torch.cat([ff.normalise(h) for h in mean], 1).bfloat16())
+    with frozen(net):  # the weights stay put: each layer builds its band blocks once
+        for i in range(0, len(x), cfg.eval_batch_size):
+            xb = x[i : i + cfg.eval_batch_size]
+            y = xb.new_full((len(xb), 10), 0.1)  # neutral; the net normalises and scales it
+            with autocast(x.device, cfg.dtype):
+                runs = net.run(xb, y, cfg.score_to)[cfg.score_from - 1 :]
+            mean = [sum(r[j].float() for r in runs) / len(runs) for j in range(len(net.layers))]
+            chunks.append(torch.cat([ff.normalise(h) for h in mean], 1).bfloat16())
     return torch.cat(chunks)
 
 
