@@ -39,6 +39,13 @@ def _run_dir(args: argparse.Namespace, recipe: str) -> Path:
     return Path("runs") / f"{recipe}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
+def _trained_state(out: Path) -> list[str]:
+    """What in a run directory a fresh start would delete: checkpoints, stages, results."""
+    found = [n for n in ("checkpoint.safetensors", "results.json") if (out / n).exists()]
+    stages = [p.name for p in (out / "stages").glob("*") if p.is_dir()]
+    return found + ([f"{len(stages)} stage(s) in stages/"] if stages else [])
+
+
 def _recorded_config(out: Path) -> dict:
     """The config a run directory was started with ({} when there is none)."""
     try:
@@ -58,6 +65,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     overrides = configs.load_toml(args.config) if args.config else {}
     overrides.update(configs.parse_sets(args.set or []))
     out = _run_dir(args, recipe.name)
+    if not args.resume and not args.overwrite and (state := _trained_state(out)):
+        raise configs.ConfigError(
+            f"{out} already holds a run ({', '.join(state)}). Continue it with --resume, start "
+            f"again with --overwrite (this deletes them), or choose a new --out.")
     recorded = _recorded_config(out) if args.resume else {}
     if "dtype" in recorded and "dtype" not in overrides:
         # a run resumes in the dtype it started in, wherever dtype=auto would now land
@@ -137,6 +148,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--config", metavar="FILE.toml", help="config keys from a TOML file")
     r.add_argument("--out", metavar="DIR", help="run directory (default runs/RECIPE-TIME)")
     r.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    r.add_argument("--overwrite", action="store_true",
+                   help="start again in an --out directory that holds a run, deleting its "
+                        "checkpoints, stages and results")
     r.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.add_argument("--nproc", type=int, default=0, metavar="N",

@@ -23,5 +23,5 @@ names=("$@"); [ ${#names[@]} -gt 0 ] || names=(sumsq sum sumsq-peer0.3 sumsq_sum
 for name in "${names[@]}"; do
   [ -f "$out/$name/results.json" ] && continue
   # shellcheck disable=SC2086
-  python -m mortal run ff-sleep-mnist "${grid[@]}" ${cells[$name]?unknown cell $name} --out "$out/$name"
+  python -m mortal run ff-sleep-mnist "${grid[@]}" ${cells[$name]?unknown cell $name} --out "$out/$name" --resume
 done

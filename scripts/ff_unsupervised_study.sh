@@ -28,5 +28,5 @@ for name in "${names[@]}"; do
   [ -f "$out/$name/results.json" ] && continue
   # shellcheck disable=SC2086
   python -m mortal run ff-unsupervised-mnist "${proxy[@]}" ${cells[$name]:?unknown cell $name} \
-    --out "$out/$name"
+    --out "$out/$name" --resume
 done

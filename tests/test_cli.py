@@ -49,6 +49,30 @@ def test_bad_value_and_unknown_recipe(tmp_path):
     assert r.returncode == 2 and "known recipes" in r.stderr
 
 
+def test_fresh_run_refuses_a_directory_that_holds_a_run(tmp_path):
+    """Forgetting --resume must not delete hours of training: the run stops before touching
+    the directory and says how to go on."""
+    out = tmp_path / "r"
+    (out / "stages" / "cell-a").mkdir(parents=True)
+    (out / "checkpoint.safetensors").write_bytes(b"weights")
+    r = mortal("run", "bp-mnist-mlp", "--out", str(out))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "already holds a run" in r.stderr and "--resume" in r.stderr
+    assert "--overwrite" in r.stderr and "1 stage(s)" in r.stderr
+    assert (out / "checkpoint.safetensors").read_bytes() == b"weights"
+    assert (out / "stages" / "cell-a").is_dir()
+
+
+@needs_mnist
+def test_overwrite_starts_again_in_a_used_directory(tmp_path):
+    out = tmp_path / "r"
+    (out / "stages" / "stale").mkdir(parents=True)
+    r = mortal("run", "bp-mnist-mlp", "--set", "epochs=1", *SMALL_BP, "--out", str(out),
+               "--quiet", "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert (out / "results.json").exists() and not (out / "stages" / "stale").exists()
+
+
 @needs_mnist
 def test_run_writes_records_and_report(tmp_path):
     out = tmp_path / "run"

@@ -9,8 +9,10 @@ step (k = 0). Negatives are the image with a uniformly drawn wrong label, or wit
 drawn from the network's own predictions ("model"). Separate phases need the paper's threshold
 loss (the pairwise loss compares each positive with its own negative), so it is the default.
 
-Full scale (the paper's 4x2000 net, 60 epochs, 14 cells) takes many hours on a 2-core CPU; the
-run is resumable cell by cell (`--resume`), and `--set widths=...,epochs=...` makes it smaller.
+Full scale (the paper's 4x2000 net, 60 epochs, 12 cells) takes many hours on a 2-core CPU.
+The run is resumable cell by cell (`--resume`). A cell trained by another run that differs
+only in `k_values`/`negative_sources` may be copied into stages/, so two processes can share
+the grid. `--set widths=...,epochs=...` makes it smaller.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
     for source in cfg.negative_sources:
         for k in cfg.k_values:
             name = cell_name(k, source)
-            stage = run.stage(name)
+            stage = run.stage(name, ignore=("k_values", "negative_sources"))
             done = stage.done()
             if done is None:
                 seed_everything(cfg.seed)
