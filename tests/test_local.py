@@ -4,6 +4,7 @@ the unsupervised FF recipes that must learn."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -181,6 +182,27 @@ def test_sleep_study_writes_its_grid(tmp_path):
     assert (out / "table.md").exists() and (out / "error_vs_k.png").exists()
     dead = r["cells"]["uniform-k0"]["dead_units"]
     assert len(dead) == 2 and all(0 <= d <= 1 for d in dead)
+
+
+@needs_mnist
+def test_sleep_cells_trained_by_another_run_are_taken_as_they_are(tmp_path):
+    """Two processes can share the grid: a cell trained by a run that differs only in
+    k_values / negative_sources, copied into stages/, is not trained again on --resume."""
+    from mortal.cli import main
+
+    small = ["--quiet", "--set", "epochs=1", "--set", "widths=100,100", "--set",
+             "train_limit=2000"]
+    part, whole = tmp_path / "part", tmp_path / "whole"
+    assert main(["run", "ff-sleep-mnist", *small, "--out", str(part), "--set", "k_values=5",
+                 "--set", "negative_sources=model"]) == 0
+    shutil.copytree(part / "stages" / "model-k5", whole / "stages" / "model-k5")
+    (whole / "stages" / "model-k5" / "stage.json").write_text(json.dumps(
+        {**json.loads((part / "stages" / "model-k5" / "stage.json").read_text()),
+         "test_error_goodness_pct": 12.5}))  # marked, to see it is taken, not retrained
+    assert main(["run", "ff-sleep-mnist", *small, "--out", str(whole), "--resume", "--set",
+                 "k_values=0,5", "--set", "negative_sources=model"]) == 0
+    cells = json.loads((whole / "results.json").read_text())["cells"]
+    assert cells["model-k5"]["goodness_pct"] == 12.5 and "model-k0" in cells
 
 
 def test_dead_units_counts_units_silent_on_every_image():
