@@ -221,7 +221,8 @@ def summary(paths: list[str | Path]) -> str:
         paper = r.get("paper_test_error_pct")
         secs = r.get("train_seconds")
         wall = f"{secs / 60:.1f} min" if isinstance(secs, (int, float)) else "?"
-        machine = f"{env.get('cpu', '?')}, {env.get('torch_threads', '?')} threads"
+        n = env.get('torch_threads', '?')
+        machine = f"{env.get('cpu', '?')}, {n} thread{'' if n == 1 else 's'}"
         rev = str(env.get("git_revision") or "?")
         rev = rev[:8] + ("+dirty" if rev.endswith("+dirty") else "")
         lines.append(
