@@ -39,13 +39,6 @@ def _run_dir(args: argparse.Namespace, recipe: str) -> Path:
     return Path("runs") / f"{recipe}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def _trained_state(out: Path) -> list[str]:
-    """What in a run directory a fresh start would delete: checkpoints, stages, results."""
-    found = [n for n in ("checkpoint.safetensors", "results.json") if (out / n).exists()]
-    stages = [p.name for p in (out / "stages").glob("*") if p.is_dir()]
-    return found + ([f"{len(stages)} stage(s) in stages/"] if stages else [])
-
-
 def _recorded_config(out: Path) -> dict:
     """The config a run directory was started with ({} when there is none)."""
     try:
@@ -65,7 +58,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     overrides = configs.load_toml(args.config) if args.config else {}
     overrides.update(configs.parse_sets(args.set or []))
     out = _run_dir(args, recipe.name)
-    if not args.resume and not args.overwrite and (state := _trained_state(out)):
+    if not args.resume and not args.overwrite and (state := Run.trained_state(out)):
         raise configs.ConfigError(
             f"{out} already holds a run ({', '.join(state)}). Continue it with --resume, start "
             f"again with --overwrite (this deletes them), or choose a new --out.")

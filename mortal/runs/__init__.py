@@ -182,6 +182,15 @@ class Run:
         if record_env:
             _write_json(self.dir / "env.json", environment(dtype))
 
+    @classmethod
+    def trained_state(cls, out: str | Path) -> list[str]:
+        """What in `out` a fresh (not resumed) run would delete that training made: its
+        checkpoint, results, finished-stage record and stages. Empty when nothing is there."""
+        out = Path(out)
+        found = [n for n in (cls.CHECKPOINT, "results.json", cls.STAGE_DONE) if (out / n).exists()]
+        stages = [p for p in (out / "stages").glob("*") if p.is_dir()]
+        return found + ([f"{len(stages)} stage(s) in stages/"] if stages else [])
+
     # -- stages ----------------------------------------------------------------------------
     STAGE_DONE = "stage.json"
 
