@@ -140,8 +140,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     r.add_argument("--config", metavar="FILE.toml", help="config keys from a TOML file")
     r.add_argument("--out", metavar="DIR", help="run directory (default runs/RECIPE-TIME)")
-    r.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    r.add_argument("--overwrite", action="store_true",
+    start = r.add_mutually_exclusive_group()  # continue a run, or delete it: not both
+    start.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    start.add_argument("--overwrite", action="store_true",
                    help="start again in an --out directory that holds a run, deleting its "
                         "checkpoints, stages and results")
     r.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")

@@ -63,6 +63,15 @@ def test_fresh_run_refuses_a_directory_that_holds_a_run(tmp_path):
     assert (out / "stages" / "cell-a").is_dir()
 
 
+def test_resume_and_overwrite_together_are_refused(tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "checkpoint.safetensors").write_bytes(b"weights")
+    r = mortal("run", "bp-mnist-mlp", "--out", str(out), "--resume", "--overwrite")
+    assert r.returncode == 2 and "not allowed with argument" in r.stderr
+    assert (out / "checkpoint.safetensors").read_bytes() == b"weights"
+
+
 @needs_mnist
 def test_overwrite_starts_again_in_a_used_directory(tmp_path):
     out = tmp_path / "r"
