@@ -59,6 +59,7 @@ def test_recurrent_ff_learns_an_mnist_subset(tmp_path):
     assert out["test_error_pct"] < 30
     assert out["train_error_pct"] < out["test_error_pct"]  # the 2000 images it learned from
     assert set(out["test_error_by_single_iteration"]) == {"1", "2", "3", "4"}
+    assert len(out["silent_units_pct"]) == 2 and all(0 <= v < 100 for v in out["silent_units_pct"])
     # input dropout: other inputs, so another net, that still learns
     cfg.input_dropout = 0.2
     assert not cfg.validate()
@@ -115,30 +116,61 @@ def test_fixed_image_part_is_reused_with_the_same_losses_and_gradients(depth, im
     torch.testing.assert_close(g[0], g[1])
 
 
-@pytest.mark.parametrize("loss,act,widths,label_scale", [
-    ("pairwise", "relu", (8, 6), 1.0), ("threshold", "relu_st", (8, 6, 5), 1.0),
-    ("pairwise", "relu", (7,), 3.0),
+@pytest.mark.parametrize("loss,act,widths,label_scale,peer_weight", [
+    ("pairwise", "relu", (8, 6), 1.0, 0.0), ("threshold", "relu_st", (8, 6, 5), 1.0, 0.0),
+    ("pairwise", "relu", (7,), 3.0, 0.0), ("pairwise", "relu_st", (8, 6), 1.0, 5.0),
+    ("threshold", "relu", (8, 6, 5), 1.0, 5.0),
 ])
-def test_fast_gradients_equal_autograd(loss, act, widths, label_scale):
+def test_fast_gradients_equal_autograd(loss, act, widths, label_scale, peer_weight):
     """mortal.rules.ff_recurrent's hand-written step gives the reference's losses and weight
-    and bias gradients (autograd through layer_losses), fp32."""
+    and bias gradients (autograd through layer_losses), fp32; with peer normalisation also the
+    same running means, over two steps (the second starts from the first's means)."""
     from mortal.rules import ff_recurrent
 
     torch.manual_seed(0)
     cfg = rec.Config(widths=widths, iterations=4, dtype="float32", loss=loss, temperature=2.0)
     net = RecurrentStack(20, cfg.widths, act=act, label_scale=label_scale)
     assert ff_recurrent.supports(net)
-    x, y = torch.rand(6, 20), torch.randint(0, 10, (6,))
-    y_neg = (y + torch.randint(1, 10, (6,))) % 10
-    ref = rec.layer_losses(net, x, y, y_neg, cfg)
-    sum(ref).backward()
-    want = [p.grad.clone() for p in net.parameters()]
-    net.zero_grad(set_to_none=True)
-    got = ff_recurrent.layer_gradients(net, x, y, y_neg, cfg)
-    for a, b in zip(ref, got, strict=True):
-        assert a.item() == pytest.approx(b.item(), rel=1e-5)
-    for a, p in zip(want, net.parameters(), strict=True):
-        torch.testing.assert_close(p.grad, a, rtol=1e-4, atol=1e-6)
+    peers = [ff_recurrent.Peer(peer_weight) if peer_weight else None for _ in range(2)]
+    for _ in range(2 if peer_weight else 1):
+        x, y = torch.rand(6, 20), torch.randint(0, 10, (6,))
+        y_neg = (y + torch.randint(1, 10, (6,))) % 10
+        net.zero_grad(set_to_none=True)
+        ref = rec.layer_losses(net, x, y, y_neg, cfg, peer=peers[0])
+        sum(ref).backward()
+        want = [p.grad.clone() for p in net.parameters()]
+        net.zero_grad(set_to_none=True)
+        got = ff_recurrent.layer_gradients(net, x, y, y_neg, cfg, peer=peers[1])
+        for a, b in zip(ref, got, strict=True):
+            assert a.item() == pytest.approx(b.item(), rel=1e-5)
+        for a, p in zip(want, net.parameters(), strict=True):
+            torch.testing.assert_close(p.grad, a, rtol=1e-4, atol=1e-6)
+        if peer_weight:
+            for a, b in zip(peers[0].means, peers[1].means, strict=True):
+                torch.testing.assert_close(a, b)
+
+
+def test_peer_term_by_hand():
+    """One layer, one iteration, running mean m0: the peer term is weight * mean over units of
+    (new - mean(new))^2 with new = 0.9 m0 + 0.1 (mean positive activity), and the running
+    mean moves to new."""
+    from mortal.rules import ff_recurrent
+
+    torch.manual_seed(0)
+    cfg = rec.Config(widths=(3,), iterations=1, dtype="float32", temperature=2.0)
+    net = RecurrentStack(4, cfg.widths)
+    x, y = torch.rand(2, 4), torch.tensor([1, 2])
+    y_neg = torch.tensor([0, 0])
+    plain = rec.layer_losses(net, x, y, y_neg, cfg)[0]
+    m0 = torch.tensor([0.5, 0.0, 1.0])
+    peer = ff_recurrent.Peer(2.0, means=[m0.clone()])
+    with_peer = rec.layer_losses(net, x, y, y_neg, cfg, peer=peer)[0]
+    xx = torch.cat([x, x])
+    h = net.step(net.initial(xx), xx, rec.one_hot(torch.cat([y, y_neg])))[0][:2]  # positives
+    new = 0.9 * m0 + 0.1 * h.mean(0)
+    want = 2.0 * ((new - new.mean()) ** 2).mean()
+    torch.testing.assert_close(with_peer - plain, want)
+    torch.testing.assert_close(peer.means[0], new.detach())
 
 
 def test_fast_goodness_equals_reference():
@@ -154,3 +186,57 @@ def test_fast_goodness_equals_reference():
     got = ff_recurrent.goodness_by_iteration(net, x, cfg, 5)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert rec.fast(net, rec.Config()) and not rec.fast(net, cfg)
+
+
+def test_peer_means_are_checkpointed_and_a_resumed_run_ends_the_same(tmp_path):
+    """A run stopped after epoch 1 and resumed ends with the uninterrupted run's weights and
+    peer-normalisation means (without the means in the checkpoint the resumed run would restart
+    them and end elsewhere)."""
+    from mortal.loop import make_optimizer
+    from mortal.rules import ff_recurrent
+    from mortal.runs import Run
+
+    cfg = rec.Config(widths=(8, 6), iterations=2, epochs=3, batch_size=10,
+                     hard_negatives_every=0, dtype="float32", peer_weight=1.0)
+    x, y = torch.rand(40, 20), torch.randint(0, 10, (40,))
+
+    def go(out, stop: int | None = None, resume: bool = False):
+        torch.manual_seed(0)
+        net = RecurrentStack(20, cfg.widths, act="relu_st")
+        opts = [make_optimizer("adam", layer.parameters(), 1e-2, 0.0) for layer in net.layers]
+        peer = ff_recurrent.Peer(cfg.peer_weight)
+
+        def on_epoch(epoch, row):
+            if epoch == stop:
+                raise KeyboardInterrupt  # before this epoch's checkpoint
+
+        try:
+            ff_recurrent.train_epochs(
+                net, opts, x, y, cfg, Run(out, "t", {}, quiet=True, resume=resume),
+                losses=lambda xb, yb, yn, g: rec.layer_losses(net, xb, yb, yn, cfg, peer=peer),
+                apply=lambda out: rec.update(opts, out), scores=lambda xb: None, name="t",
+                on_epoch=on_epoch, peer=peer)
+        except KeyboardInterrupt:
+            pass
+        return net, peer
+
+    whole, whole_peer = go(tmp_path / "whole")
+    go(tmp_path / "cut", stop=1)
+    resumed, resumed_peer = go(tmp_path / "cut", resume=True)
+    for a, b in zip(whole.parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(whole_peer.means, resumed_peer.means, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_silent_units_are_counted_per_layer():
+    """A unit whose bias keeps it below zero on every image is silent; the rest fire."""
+    torch.manual_seed(0)
+    net = RecurrentStack(6, [4, 3])
+    with torch.no_grad():
+        net.layers[1].linear.bias[0] = -100.0
+        for layer in net.layers:  # every other unit fires on positive inputs
+            layer.linear.weight.abs_()
+    cfg = rec.Config(widths=(4, 3), iterations=4, score_from=2, score_to=3, dtype="float32")
+    assert rec.silent_units_pct(net, torch.rand(5, 6), torch.randint(0, 10, (5,)), cfg) == \
+        [0.0, 33.33]

@@ -62,6 +62,12 @@ class Config:
     # positive and negative runs (ff-supervised-mnist's regulariser; 0 = off): 1.79 % after
     # 60 epochs at 0.2, against 2.05 % at 0, the default until 2026-12-06 (docs/results.md)
     input_dropout: float = 0.2
+    # peer normalisation (ff-supervised-mnist's regulariser, `ff_recurrent.Peer`; 0 = off) and
+    # the hidden units' nonlinearity ("relu_st": ReLU whose gradient passes through, so the
+    # peer term can wake a silent unit)
+    peer_weight: float = 0.0
+    peer_momentum: float = 0.9
+    activation: Literal["relu", "relu_st"] = "relu"
     eval_every: int = 10
     eval_limit: int = 0  # test images for the periodic evaluations (0 = all); the final uses all
     # "fast": hand-written passes (mortal/rules/ff_recurrent.py) where they apply (dense
@@ -81,6 +87,8 @@ class Config:
         check(len(self.widths) >= 1, "widths needs at least one hidden layer", p)
         check(0 <= self.damping < 1, "damping must be in [0, 1)", p)
         check(0 <= self.input_dropout < 1, "input_dropout must be in [0, 1)", p)
+        check(self.peer_weight >= 0 and 0 <= self.peer_momentum < 1,
+              "peer_weight must be >= 0 and peer_momentum in [0, 1)", p)
         check(1 <= self.score_from <= self.score_to <= self.iterations,
               "need 1 <= score_from <= score_to <= iterations", p)
         check(self.lr > 0 and self.temperature > 0, "lr and temperature must be > 0", p)
@@ -95,11 +103,14 @@ def one_hot(y: torch.Tensor, n: int = 10) -> torch.Tensor:
 
 
 def layer_losses(net: RecurrentStack, x: torch.Tensor, y_pos: torch.Tensor, y_neg: torch.Tensor,
-                 cfg: Any, goodness: str = "sumsq") -> list[torch.Tensor]:
+                 cfg: Any, goodness: str = "sumsq", peer: ff_recurrent.Peer | None = None
+                 ) -> list[torch.Tensor]:
     """Every layer's FF loss summed over the iterations, positive and negative runs fused into
     one batch; each layer's input is detached, so each loss reaches only its own layer.
     `goodness` names an entry of ff.GOODNESS (ff-cifar10 also uses "neg_sumsq"); any stack
-    with initial / inputs / mix works (dense or locally connected maps)."""
+    with initial / inputs / mix works (dense or locally connected maps). `peer`: each loss
+    also holds the peer-normalisation term of its layer (`ff_recurrent.Peer`), whose running
+    means move once the step's iterations are done."""
     fn, sign = ff.GOODNESS[goodness]
     n = len(x)
     xx = torch.cat([x, x])
@@ -107,6 +118,8 @@ def layer_losses(net: RecurrentStack, x: torch.Tensor, y_pos: torch.Tensor, y_ne
     with torch.no_grad(), autocast(x.device, cfg.dtype):
         states = net.initial(xx)
     totals = [torch.zeros((), device=x.device) for _ in net.layers]
+    prev: list[Any] = [None] * len(net.layers)  # peer normalisation: running means, and the
+    pm_sum: list[Any] = [None] * len(net.layers)  # sum over iterations of the positives' means
     for _ in range(cfg.iterations):
         ins = net.inputs(states, xx, yy)  # states are detached: nothing flows back in time
         new_states = []
@@ -120,8 +133,18 @@ def layer_losses(net: RecurrentStack, x: torch.Tensor, y_pos: torch.Tensor, y_ne
                 loss = ff.ff_loss(g[:n], g[n:], sign * cfg.threshold * h[0].numel(),
                                   cfg.temperature)
             totals[j] = totals[j] + loss / cfg.iterations
+            if peer is not None:
+                pm = h[:n].float().mean(0)
+                if prev[j] is None:
+                    prev[j], pm_sum[j] = peer.previous(j, pm.detach()), torch.zeros_like(pm)
+                pm_sum[j] = pm_sum[j] + pm.detach()
+                term, _ = ff.peer_loss(prev[j], pm, peer.momentum)
+                totals[j] = totals[j] + peer.weight * term / cfg.iterations
             new_states.append(h.detach())
         states = new_states
+    if peer is not None:
+        for j in range(len(net.layers)):
+            peer.record(j, prev[j], pm_sum[j] / cfg.iterations)
     return totals
 
 
@@ -176,13 +199,29 @@ def error_pct(net: RecurrentStack, x: torch.Tensor, y: torch.Tensor, cfg: Config
     return ff.error_pct(goodness_scores(net, x, cfg, compiled).argmax(1), y)
 
 
+@torch.no_grad()
+def silent_units_pct(net: RecurrentStack, x: torch.Tensor, y: torch.Tensor, cfg: Config,
+                     batch_size: int = 1000) -> list[float]:
+    """Per hidden layer, the % of units that are zero on every image (its true label clamped)
+    at every scored iteration: capacity the trained net does not use."""
+    active = [torch.zeros(w, dtype=torch.bool, device=x.device) for w in net.widths]
+    for i in range(0, len(x), batch_size):
+        with autocast(x.device, cfg.dtype):
+            runs = net.run(x[i : i + batch_size], one_hot(y[i : i + batch_size]), cfg.score_to)
+        for states in runs[cfg.score_from - 1 :]:
+            for j, h in enumerate(states):
+                active[j] |= (h > 0).any(0)
+    return [round(100.0 * (1.0 - a.float().mean().item()), 2) for a in active]
+
+
 def train(cfg: Config, run: Any) -> dict[str, Any]:
     """FF on the recurrent net: epochs of fused positive/negative iterations per batch."""
     seed_everything(cfg.seed)
     device = device_of(cfg.device)
     data = load_split(cfg.dataset, cfg.data_root, device, cfg.train_limit)
     net = RecurrentStack(data.x_train.shape[1], cfg.widths, damping=cfg.damping,
-                         label_scale=cfg.label_value).to(device)
+                         act=cfg.activation, label_scale=cfg.label_value).to(device)
+    peer = ff_recurrent.Peer(cfg.peer_weight, cfg.peer_momentum) if cfg.peer_weight > 0 else None
     opts = [make_optimizer(cfg.optimizer, layer.parameters(), cfg.lr, cfg.weight_decay)
             for layer in net.layers]
     steps = len(data.x_train) // cfg.batch_size
@@ -197,10 +236,10 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
         if cfg.input_dropout > 0:
             x = x * ff.dropout_mask(x.shape, cfg.input_dropout, g).to(x.device)
         if not use_fast:
-            return layer_losses(net, x, y, y_neg, cfg)
+            return layer_losses(net, x, y, y_neg, cfg, peer=peer)
         for opt in opts:  # the same gradients without autograd
             opt.zero_grad(set_to_none=True)
-        return ff_recurrent.layer_gradients(net, x, y, y_neg, cfg, compiled)
+        return ff_recurrent.layer_gradients(net, x, y, y_neg, cfg, compiled, peer)
 
     def apply(out: list[torch.Tensor]) -> torch.Tensor:
         if not use_fast:
@@ -216,7 +255,7 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
     ff_recurrent.train_epochs(
         net, opts, data.x_train, data.y_train, cfg, run, losses=losses, apply=apply,
         scores=lambda x: goodness_scores(net, x, cfg, compiled),
-        name="the recurrent FF network", on_epoch=on_epoch)
+        name="the recurrent FF network", on_epoch=on_epoch, peer=peer)
     g = goodness_by_iteration(net, data.x_test, cfg, cfg.iterations, compiled=compiled)
     test_error = ff.error_pct(g[:, :, cfg.score_from - 1 : cfg.score_to].sum(2).argmax(1),
                               data.y_test)
@@ -225,11 +264,13 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
                      for t in range(cfg.iterations)}
     # the same measure on (up to) 10,000 training images: how much of the error is fitting
     train_error = error_pct(net, data.x_train[:10000], data.y_train[:10000], cfg, compiled)
-    run.log(epoch=cfg.epochs, test_error_pct=test_error, train_error_pct=train_error)
+    silent = silent_units_pct(net, data.x_test, data.y_test, cfg)
+    run.log(epoch=cfg.epochs, test_error_pct=test_error, train_error_pct=train_error,
+            silent_units_pct=silent)
     return standard_results(
         RECIPE, cfg, run, len(data.x_train), test_error,
         test_error_by_single_iteration=by_iterations, train_error_pct=round(train_error, 3),
-        dtype=cfg.dtype,
+        silent_units_pct=silent, dtype=cfg.dtype,
     )
 
 

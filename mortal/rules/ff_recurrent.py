@@ -22,6 +22,7 @@ stack, ff-cifar10's locally connected maps), whichever path computes the updates
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -36,6 +37,30 @@ from mortal.rules import ff, ff_fused
 from mortal.runs import check_finite
 
 
+@dataclass
+class Peer:
+    """Peer normalisation for a recurrent FF net (as `ff.peer_loss` for the feed-forward one):
+    at every iteration each layer also pays `weight` times the spread of its units' running
+    mean activity on the positive runs (averaged over iterations), so no unit stays silent or
+    dominates. `means` holds each layer's running mean, updated once per step with the mean
+    of that step's iterations; None until a layer's first step."""
+
+    weight: float
+    momentum: float = 0.9
+    means: list[torch.Tensor | None] = field(default_factory=list)
+
+    def previous(self, j: int, pm: torch.Tensor) -> torch.Tensor:
+        """Layer j's running mean before this step (the first step: the layer's mean)."""
+        while len(self.means) <= j:
+            self.means.append(None)
+        prev = self.means[j]
+        return torch.full_like(pm, float(pm.mean())) if prev is None else prev
+
+    def record(self, j: int, prev: torch.Tensor, pm_mean: torch.Tensor) -> None:
+        """Move layer j's running mean by this step's mean positive activity."""
+        self.means[j] = (self.momentum * prev + (1.0 - self.momentum) * pm_mean).detach()
+
+
 def train_epochs(net: torch.nn.Module, opts: list[torch.optim.Optimizer], x: torch.Tensor,
                  y: torch.Tensor, cfg: Any, run: Any, *,
                  losses: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator],
@@ -43,14 +68,15 @@ def train_epochs(net: torch.nn.Module, opts: list[torch.optim.Optimizer], x: tor
                  apply: Callable[[list[torch.Tensor]], torch.Tensor],
                  scores: Callable[[torch.Tensor], torch.Tensor],
                  name: str, on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
-                 ) -> None:
+                 peer: Peer | None = None) -> None:
     """Train a recurrent FF net for cfg.epochs (resumable per epoch from `run`): one optimiser
     per layer on the cooldown schedule from cfg.lr; wrong labels uniform, or every
     cfg.hard_negatives_every epochs drawn in proportion to the net's own beliefs `scores(x)`
     (B, 10). Per batch, `losses(x, y, y_neg, g)` gives each layer's loss (and, on the
     hand-written path, its gradients), which is checked finite before `apply(losses)` updates
     the layers and returns them as a tensor. `on_epoch(epoch, row)` may add to each epoch's
-    metrics row (an evaluation, say)."""
+    metrics row (an evaluation, say). `peer`: the peer-normalisation state the losses update,
+    kept in the checkpoint so a resumed run continues it."""
     start, state = run.resume_state()
     y_neg_table = None
     if state is not None:
@@ -58,6 +84,8 @@ def train_epochs(net: torch.nn.Module, opts: list[torch.optim.Optimizer], x: tor
         for opt, s in zip(opts, state["optimizers"], strict=True):
             opt.load_state_dict(s)
         y_neg_table = state.get("y_neg_table")
+        if peer is not None and "peer_means" in state:
+            peer.means = [t if t.numel() else None for t in state["peer_means"]]
     steps = len(x) // cfg.batch_size
     for epoch in range(start, cfg.epochs):
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
@@ -88,7 +116,9 @@ def train_epochs(net: torch.nn.Module, opts: list[torch.optim.Optimizer], x: tor
         run.log(**row)
         run.save(epoch + 1, {"net": net.state_dict(),
                              "optimizers": [o.state_dict() for o in opts],
-                             **({"y_neg_table": y_neg_table} if y_neg_table is not None else {})})
+                             **({"y_neg_table": y_neg_table} if y_neg_table is not None else {}),
+                             **({"peer_means": [torch.empty(0) if t is None else t
+                                                for t in peer.means]} if peer is not None else {})})
 
 
 def supports(net: torch.nn.Module) -> bool:
@@ -123,12 +153,18 @@ def update_state(za: torch.Tensor, zb: torch.Tensor, b: torch.Tensor, s: torch.T
 
 
 def state_gradient(h: torch.Tensor, za: torch.Tensor, zb: torch.Tensor, b: torch.Tensor,
-                   c: torch.Tensor, damping: float, reps: int, relu: bool, pairs: bool
+                   c: torch.Tensor, damping: float, reps: int, relu: bool, pairs: bool,
+                   peer: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """d loss / d z = 2 c h (1 - d) relu'(z) for goodness gradient c (N,): in h's dtype, its
-    sum over columns (the bias gradient) and, with `pairs`, each positive's plus its
-    negative's (columns j and j + N/2; for the shared image part), fp32."""
+    """d loss / d z = (2 c h + peer) (1 - d) relu'(z) for goodness gradient c (N,) and the
+    peer term's d loss / d h (units,), which reaches the positive runs (the first N/2
+    columns) only: in h's dtype, its sum over columns (the bias gradient) and, with `pairs`,
+    each positive's plus its negative's (columns j and j + N/2; for the shared image part),
+    fp32."""
     dz = (2.0 * (1.0 - damping)) * h.float() * c[None, :]
+    if peer is not None:
+        half = h.shape[1] // 2
+        dz = torch.cat([dz[:, :half] + (1.0 - damping) * peer[:, None], dz[:, half:]], 1)
     if relu:
         dz = torch.where(_pre_activation(za, zb, b, reps) > 0, dz, torch.zeros_like(dz))
     half = h.shape[1] // 2
@@ -181,12 +217,14 @@ def _parts(wts: _Weights, normed: list[torch.Tensor], image_part: torch.Tensor,
 
 
 def layer_gradients(net: RecurrentStack, x: torch.Tensor, y_pos: torch.Tensor,
-                    y_neg: torch.Tensor, cfg, compiled: bool = False) -> list[torch.Tensor]:
+                    y_neg: torch.Tensor, cfg, compiled: bool = False, peer: Peer | None = None
+                    ) -> list[torch.Tensor]:
     """Set every layer's weight and bias .grad to the gradient of its FF loss summed over
     `cfg.iterations` iterations (divided by their number), positive runs with labels y_pos and
     negative runs with y_neg; return the losses. `ff_recurrent_mnist.layer_losses` followed by
     backward gives the same (the reference). `compiled`: the elementwise passes through
-    torch.compile (worth it on long runs)."""
+    torch.compile (worth it on long runs). `peer`: add peer normalisation (its loss is in the
+    returned losses) and move its running means."""
     dt = DTYPES[cfg.dtype]
     n, n_layers, iters = len(x), len(net.layers), cfg.iterations
     wts = _Weights(net, x.shape[1], dt)
@@ -205,6 +243,8 @@ def layer_gradients(net: RecurrentStack, x: torch.Tensor, y_pos: torch.Tensor,
     image_dz = torch.zeros(net.widths[0], n)
     totals = [torch.zeros(()) for _ in range(n_layers)]
     sign = ff.GOODNESS["sumsq"][1]
+    prev = [None] * n_layers  # peer normalisation: running means before this step
+    pm_sum = [None] * n_layers  # and the sum over iterations of the positive runs' means
     for t in range(iters):
         new_states, new_normed = [], []
         for j in range(n_layers):
@@ -221,9 +261,19 @@ def layer_gradients(net: RecurrentStack, x: torch.Tensor, y_pos: torch.Tensor,
             loss = loss / iters
             (c,) = torch.autograd.grad(loss, g)
             totals[j] = totals[j] + loss.detach()
+            dh_peer = None
+            if peer is not None:  # d (weight * peer_loss / iters) / d h, per positive column
+                pm = h[:, :n].float().mean(1)
+                if prev[j] is None:
+                    prev[j], pm_sum[j] = peer.previous(j, pm), torch.zeros_like(pm)
+                pm_sum[j] += pm
+                new = peer.momentum * prev[j] + (1.0 - peer.momentum) * pm
+                dev = new - new.mean()
+                totals[j] = totals[j] + peer.weight * dev.square().mean() / iters
+                dh_peer = (peer.weight / iters * (1.0 - peer.momentum) * 2.0 / len(pm) / n) * dev
             dz, gbj, pair = ff_fused.call("recurrent_grad", compiled, h, za, zb, wts.bias[j],
                                           c, net.damping, reps,
-                                          net.layers[j].act_name == "relu", j == 0)
+                                          net.layers[j].act_name == "relu", j == 0, dh_peer)
             gb[j] += gbj
             dz_buf[j][:, t] = dz
             above_buf[j][:, t] = above
@@ -234,6 +284,9 @@ def layer_gradients(net: RecurrentStack, x: torch.Tensor, y_pos: torch.Tensor,
             new_states.append(h)
             new_normed.append(hn)
         states, normed = new_states, new_normed
+    if peer is not None:
+        for j in range(n_layers):
+            peer.record(j, prev[j], pm_sum[j] / iters)
     for j, layer in enumerate(net.layers):
         dzs = dz_buf[j].view(net.widths[j], -1)
         w = layer.linear.weight
