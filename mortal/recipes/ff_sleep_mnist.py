@@ -119,7 +119,7 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
                     results[cell_name(k, s)]["test_error_softmax_pct"]) for k in ks]
             for s in cfg.negative_sources}
     lines = [f"Test error (%) of supervised FF ({'x'.join(map(str, cfg.widths))}, {cfg.epochs} "
-             f"epochs, threshold loss, {cfg.optimizer} lr {cfg.lr:g}"
+             f"epoch{'s' if cfg.epochs != 1 else ''}, threshold loss, {cfg.optimizer} lr {cfg.lr:g}"
              f"{f' momentum {cfg.momentum:g}' if cfg.optimizer == 'sgd' else ''}); "
              f"k = steps per phase block, one epoch = {steps_per_epoch} steps.", "",
              "| negatives | k | goodness per label | softmax | units never active, per layer |",
