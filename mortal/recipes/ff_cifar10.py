@@ -296,7 +296,8 @@ def table(cfg: Config, table_cells: dict[str, dict[str, float]], n_train: int, n
           ) -> str:
     """table.md: every cell's train and test error beside the paper's."""
     lines = [f"{DATA_LABEL}: train / test error (%), ours beside the paper's (Hinton 2022, "
-             f"CIFAR-10 table). Ours: {n_train} training images, {cfg.epochs} epochs, train "
+             f"CIFAR-10 table). Ours: {n_train} training images, {cfg.epochs} "
+             f"epoch{'s' if cfg.epochs != 1 else ''}, train "
              f"error on the first {min(cfg.eval_train_limit or n_train, n_train)}, test error "
              f"on {n_test} test images; {cfg.iterations} iterations, goodness of iterations "
              f"{cfg.score_from}-{cfg.score_to}.", "",
