@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
 import time
 
 import numpy as np
 import torch
 
+from mortal import config
 from mortal.arch.glom import Glom
 from mortal.data.parts import column_ids, make_parts
 from mortal.loop import autocast
@@ -30,19 +30,9 @@ from mortal.rules import glom as rule_mod
 
 
 def parse_sets(sets: list[str]) -> gp.Config:
-    """A glom-parts Config with `key=value` overrides (tuples comma-separated)."""
-    cfg = gp.Config()
-    for kv in sets:
-        k, v = kv.split("=", 1)
-        cur = getattr(cfg, k)
-        if isinstance(cur, tuple):
-            val = tuple(type(cur[0])(x) for x in v.split(","))
-        elif isinstance(cur, bool):
-            val = v.lower() in ("1", "true", "yes")
-        else:
-            val = type(cur)(v)
-        cfg = dataclasses.replace(cfg, **{k: val})
-    return cfg
+    """A glom-parts Config with `key=value` overrides, coerced and validated as `mortal run`
+    does (so a tuple key whose default is empty, such as far_radius, parses too)."""
+    return config.build(gp.Config, config.parse_sets(sets))
 
 
 def spread(e: torch.Tensor, fg: torch.Tensor) -> list[float]:
