@@ -118,8 +118,6 @@ def layer_losses(net: RecurrentStack, x: torch.Tensor, y_pos: torch.Tensor, y_ne
     with torch.no_grad(), autocast(x.device, cfg.dtype):
         states = net.initial(xx)
     totals = [torch.zeros((), device=x.device) for _ in net.layers]
-    prev: list[Any] = [None] * len(net.layers)  # peer normalisation: running means, and the
-    pm_sum: list[Any] = [None] * len(net.layers)  # sum over iterations of the positives' means
     for _ in range(cfg.iterations):
         ins = net.inputs(states, xx, yy)  # states are detached: nothing flows back in time
         new_states = []
@@ -133,18 +131,12 @@ def layer_losses(net: RecurrentStack, x: torch.Tensor, y_pos: torch.Tensor, y_ne
                 loss = ff.ff_loss(g[:n], g[n:], sign * cfg.threshold * h[0].numel(),
                                   cfg.temperature)
             totals[j] = totals[j] + loss / cfg.iterations
-            if peer is not None:
-                pm = h[:n].float().mean(0)
-                if prev[j] is None:
-                    prev[j], pm_sum[j] = peer.previous(j, pm.detach()), torch.zeros_like(pm)
-                pm_sum[j] = pm_sum[j] + pm.detach()
-                term, _ = ff.peer_loss(prev[j], pm, peer.momentum)
-                totals[j] = totals[j] + peer.weight * term / cfg.iterations
+            if peer is not None:  # autograd differentiates the term through the mean
+                totals[j] = totals[j] + peer.term(j, h[:n].float().mean(0), cfg.iterations)[0]
             new_states.append(h.detach())
         states = new_states
     if peer is not None:
-        for j in range(len(net.layers)):
-            peer.record(j, prev[j], pm_sum[j] / cfg.iterations)
+        peer.end_step()
     return totals
 
 

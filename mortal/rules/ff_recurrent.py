@@ -39,26 +39,50 @@ from mortal.runs import check_finite
 
 @dataclass
 class Peer:
-    """Peer normalisation for a recurrent FF net (as `ff.peer_loss` for the feed-forward one):
+    """Peer normalisation for a recurrent FF net (`ff.peer_loss`, as in the feed-forward net):
     at every iteration each layer also pays `weight` times the spread of its units' running
     mean activity on the positive runs (averaged over iterations), so no unit stays silent or
-    dominates. `means` holds each layer's running mean, updated once per step with the mean
-    of that step's iterations; None until a layer's first step."""
+    dominates. `means` holds each layer's running mean, moved once per step (`end_step`) by
+    the mean over that step's iterations; None until a layer's first step."""
 
     weight: float
     momentum: float = 0.9
     means: list[torch.Tensor | None] = field(default_factory=list)
+    # this step, per layer: (running mean before it, sum of the iterations' means, count)
+    _step: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = field(default_factory=dict,
+                                                                     repr=False)
 
-    def previous(self, j: int, pm: torch.Tensor) -> torch.Tensor:
-        """Layer j's running mean before this step (the first step: the layer's mean)."""
-        while len(self.means) <= j:
-            self.means.append(None)
-        prev = self.means[j]
-        return torch.full_like(pm, float(pm.mean())) if prev is None else prev
+    def term(self, j: int, pm: torch.Tensor, iterations: int
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer j's peer term at one of a step's `iterations` iterations, from the positive
+        runs' mean activity per unit `pm`: (weight * ff.peer_loss / iterations, which autograd
+        can differentiate through pm; its gradient with respect to pm, for hand-written
+        passes). Records pm for `end_step`."""
+        if j not in self._step:
+            self.means += [None] * (j + 1 - len(self.means))
+            prev = self.means[j]
+            if prev is None:  # the first step: start from the layer's mean
+                prev = torch.full_like(pm.detach(), float(pm.detach().mean()))
+            self._step[j] = (prev, torch.zeros_like(pm.detach()), 0)
+        prev, total, count = self._step[j]
+        self._step[j] = (prev, total + pm.detach(), count + 1)
+        loss, new = ff.peer_loss(prev, pm, self.momentum)
+        scale = self.weight / iterations
+        return scale * loss, (scale * (1.0 - self.momentum) * 2.0 / len(new)) * (new - new.mean())
 
-    def record(self, j: int, prev: torch.Tensor, pm_mean: torch.Tensor) -> None:
-        """Move layer j's running mean by this step's mean positive activity."""
-        self.means[j] = (self.momentum * prev + (1.0 - self.momentum) * pm_mean).detach()
+    def end_step(self) -> None:
+        """Move every layer's running mean by the mean over this step's iterations."""
+        for j, (prev, total, count) in self._step.items():
+            self.means[j] = (self.momentum * prev + (1.0 - self.momentum) * total / count).detach()
+        self._step.clear()
+
+    def saved(self) -> list[torch.Tensor]:
+        """The running means for a checkpoint (an empty tensor for a layer not yet seen)."""
+        return [torch.empty(0) if t is None else t for t in self.means]
+
+    def load(self, saved: list[torch.Tensor]) -> None:
+        """Restore the running means from `saved`."""
+        self.means = [t if t.numel() else None for t in saved]
 
 
 def train_epochs(net: torch.nn.Module, opts: list[torch.optim.Optimizer], x: torch.Tensor,
@@ -85,7 +109,7 @@ def train_epochs(net: torch.nn.Module, opts: list[torch.optim.Optimizer], x: tor
             opt.load_state_dict(s)
         y_neg_table = state.get("y_neg_table")
         if peer is not None and "peer_means" in state:
-            peer.means = [t if t.numel() else None for t in state["peer_means"]]
+            peer.load(state["peer_means"])
     steps = len(x) // cfg.batch_size
     for epoch in range(start, cfg.epochs):
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
@@ -117,8 +141,7 @@ def train_epochs(net: torch.nn.Module, opts: list[torch.optim.Optimizer], x: tor
         run.save(epoch + 1, {"net": net.state_dict(),
                              "optimizers": [o.state_dict() for o in opts],
                              **({"y_neg_table": y_neg_table} if y_neg_table is not None else {}),
-                             **({"peer_means": [torch.empty(0) if t is None else t
-                                                for t in peer.means]} if peer is not None else {})})
+                             **({"peer_means": peer.saved()} if peer is not None else {})})
 
 
 def supports(net: torch.nn.Module) -> bool:
@@ -243,8 +266,6 @@ def layer_gradients(net: RecurrentStack, x: torch.Tensor, y_pos: torch.Tensor,
     image_dz = torch.zeros(net.widths[0], n)
     totals = [torch.zeros(()) for _ in range(n_layers)]
     sign = ff.GOODNESS["sumsq"][1]
-    prev = [None] * n_layers  # peer normalisation: running means before this step
-    pm_sum = [None] * n_layers  # and the sum over iterations of the positive runs' means
     for t in range(iters):
         new_states, new_normed = [], []
         for j in range(n_layers):
@@ -262,15 +283,10 @@ def layer_gradients(net: RecurrentStack, x: torch.Tensor, y_pos: torch.Tensor,
             (c,) = torch.autograd.grad(loss, g)
             totals[j] = totals[j] + loss.detach()
             dh_peer = None
-            if peer is not None:  # d (weight * peer_loss / iters) / d h, per positive column
-                pm = h[:, :n].float().mean(1)
-                if prev[j] is None:
-                    prev[j], pm_sum[j] = peer.previous(j, pm), torch.zeros_like(pm)
-                pm_sum[j] += pm
-                new = peer.momentum * prev[j] + (1.0 - peer.momentum) * pm
-                dev = new - new.mean()
-                totals[j] = totals[j] + peer.weight * dev.square().mean() / iters
-                dh_peer = (peer.weight / iters * (1.0 - peer.momentum) * 2.0 / len(pm) / n) * dev
+            if peer is not None:  # its gradient per positive column: d pm / d h = 1 / n
+                term, d_pm = peer.term(j, h[:, :n].float().mean(1), iters)
+                totals[j] = totals[j] + term
+                dh_peer = d_pm / n
             dz, gbj, pair = ff_fused.call("recurrent_grad", compiled, h, za, zb, wts.bias[j],
                                           c, net.damping, reps,
                                           net.layers[j].act_name == "relu", j == 0, dh_peer)
@@ -285,8 +301,7 @@ def layer_gradients(net: RecurrentStack, x: torch.Tensor, y_pos: torch.Tensor,
             new_normed.append(hn)
         states, normed = new_states, new_normed
     if peer is not None:
-        for j in range(n_layers):
-            peer.record(j, prev[j], pm_sum[j] / iters)
+        peer.end_step()
     for j, layer in enumerate(net.layers):
         dzs = dz_buf[j].view(net.widths[j], -1)
         w = layer.linear.weight
