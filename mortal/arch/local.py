@@ -48,8 +48,10 @@ def out_size(size: int, kernel: int, stride: int, padding: int = 0) -> int:
 
 @dataclass(frozen=True)
 class BandGeometry:
-    """Where the banded implementation reads and writes, for one input channel count: G column
-    blocks of bw output positions, each reading `span` padded input columns."""
+    """Where the banded implementation reads and writes, for one input channel count: blocks
+    of `rows` x bw output positions (G column blocks of bw positions, `row_blocks` of `rows`
+    output rows), each reading a `height` x `span` window of the padded input. The autograd
+    path (`_BandLocal`) uses rows = 1; the feature-major passes take any."""
 
     c: int
     h: int
@@ -61,6 +63,7 @@ class BandGeometry:
     ow: int
     o: int
     bw: int
+    rows: int = 1
 
     @property
     def groups(self) -> int:
@@ -68,44 +71,68 @@ class BandGeometry:
         return -(-self.ow // self.bw)
 
     @property
+    def row_blocks(self) -> int:
+        """Blocks of `rows` output rows."""
+        return -(-self.oh // self.rows)
+
+    @property
     def span(self) -> int:
         """Padded input columns one block reads."""
         return (self.bw - 1) * self.s + self.k
 
     @property
+    def height(self) -> int:
+        """Padded input rows one block reads."""
+        return (self.rows - 1) * self.s + self.k
+
+    @property
     def padded(self) -> tuple[int, int]:
         """(rows, columns) of the zero-padded input, big enough for every block."""
-        return (max(self.h + 2 * self.p, (self.oh - 1) * self.s + self.k),
+        return (max(self.h + 2 * self.p, (self.row_blocks * self.rows - 1) * self.s + self.k),
                 max(self.w + 2 * self.p, (self.groups * self.bw - 1) * self.s + self.k))
 
     @property
     def fan(self) -> int:
-        """K of a block's matmul: k rows x span columns x C channels."""
-        return self.k * self.span * self.c
+        """K of a block's matmul: height rows x span columns x C channels."""
+        return self.height * self.span * self.c
 
     def block_view(self, blocks: torch.Tensor) -> torch.Tensor:
-        """The entries of (G, oh, bw*O, K) blocks (any strides) that hold real weights, as a
-        (G, oh, bw, O, C, k, k) view: position (i, g*bw + jl), output o, input (c, di, dj)
-        sits at row jl*O + o, column (di*span + jl*s + dj)*C + c of block (g, i)."""
-        sg, si, sr, sk = blocks.stride()
-        c, k = self.c, self.k
-        return blocks.as_strided((self.groups, self.oh, self.bw, self.o, c, k, k),
-                                 (sg, si, self.o * sr + self.s * c * sk, sr, sk,
-                                  self.span * c * sk, c * sk), blocks.storage_offset())
+        """The entries of (G, row_blocks, rows*bw*O, K) blocks (any strides) that hold real
+        weights, as a (G, row_blocks, rows, bw, O, C, k, k) view: position (b*rows + ri,
+        g*bw + jl), output o, input (c, di, dj) sits at row (ri*bw + jl)*O + o, column
+        ((ri*s + di)*span + jl*s + dj)*C + c of block (g, b)."""
+        sg, sb, sr, sk = blocks.stride()
+        c, k, s = self.c, self.k, self.s
+        return blocks.as_strided(
+            (self.groups, self.row_blocks, self.rows, self.bw, self.o, c, k, k),
+            (sg, sb, self.bw * self.o * sr + s * self.span * c * sk, self.o * sr + s * c * sk,
+             sr, sk, self.span * c * sk, c * sk), blocks.storage_offset())
 
     def weight_view(self, weight: torch.Tensor) -> torch.Tensor:
-        """An (L, C*k*k, O) weight (or a channel slice of one) as (G, oh, bw, O, C, k, k),
-        zero-padded to whole blocks."""
+        """An (L, C*k*k, O) weight (or a channel slice of one) as (G, row_blocks, rows, bw,
+        O, C, k, k), zero-padded to whole blocks."""
         w = weight.unflatten(1, (self.c, self.k, self.k)).unflatten(0, (self.oh, self.ow))
-        if self.groups * self.bw > self.ow:
-            w = F.pad(w, (0, 0, 0, 0, 0, 0, 0, 0, 0, self.groups * self.bw - self.ow))
-        return w.unflatten(1, (self.groups, self.bw)).permute(1, 0, 2, 6, 3, 4, 5)
+        pad_r, pad_c = self.row_blocks * self.rows - self.oh, self.groups * self.bw - self.ow
+        if pad_r or pad_c:
+            w = F.pad(w, (0, 0, 0, 0, 0, 0, 0, 0, 0, pad_c, 0, pad_r))
+        w = w.unflatten(1, (self.groups, self.bw)).unflatten(0, (self.row_blocks, self.rows))
+        return w.permute(2, 0, 1, 3, 7, 4, 5, 6)                 # RB, R, G, bw, C, k, k, O ->
 
     def blocks(self, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """The dense (G, oh, bw*O, K) block matrices of `weight`, zeros outside the fields."""
-        out = weight.new_zeros(self.groups, self.oh, self.bw * self.o, self.fan, dtype=dtype)
+        """The dense (G, row_blocks, rows*bw*O, K) block matrices of `weight`, zeros outside
+        the fields."""
+        out = weight.new_zeros(self.groups, self.row_blocks, self.rows * self.bw * self.o,
+                               self.fan, dtype=dtype)
         self.block_view(out).copy_(self.weight_view(weight))
         return out
+
+    def weights_of(self, blocks: torch.Tensor) -> torch.Tensor:
+        """The (L, C*k*k, O) weights held in (G, row_blocks, rows*bw*O, K) blocks (any
+        strides): the inverse of `blocks`, and how a block-shaped gradient becomes the
+        weight's."""
+        w = self.block_view(blocks).permute(1, 2, 0, 3, 5, 6, 7, 4)  # RB, R, G, bw, C, k, k, O
+        w = w.reshape(self.row_blocks * self.rows, self.groups * self.bw, -1, self.o)
+        return w[: self.oh, : self.ow].reshape(self.oh * self.ow, -1, self.o)
 
     def columns(self, x: torch.Tensor) -> torch.Tensor:
         """(N, H, W, C) input -> (G, rows*span*C, N): each block column's padded input."""
@@ -119,6 +146,82 @@ class BandGeometry:
         step = self.bw * self.s
         return torch.stack([xp[:, g * step : g * step + self.span]
                             for g in range(self.groups)]).view(self.groups, -1, n)
+
+    # Feature-major passes, for hand-written training loops that keep every iteration's input
+    # (mortal.rules.ff_maps): maps are (H*W*C, n) matrices, channels-last within a column, and
+    # a layer's input lives in a buffer of `slots` inputs (one per iteration), so the weight
+    # gradient of all iterations is one matmul per block on (K, slots * n) windows.
+
+    def buffer(self, slots: int, n: int, dtype: torch.dtype, device: torch.device
+               ) -> torch.Tensor:
+        """Zeros (G, padded rows, span, C, slots, n): each column block's zero-padded input,
+        `slots` inputs of n columns. `write` fills the interior; the border stays zero."""
+        return torch.zeros(self.groups, self.padded[0], self.span, self.c, slots, n,
+                           dtype=dtype, device=device)
+
+    def write(self, buf: torch.Tensor, x: torch.Tensor, first: int, slot: int) -> None:
+        """Put the feature-major map x (H*W*cx, n) into channels first..first+cx-1 of input
+        `slot` of every column block that reads it."""
+        cx = x.shape[0] // (self.h * self.w)
+        xm = x.view(self.h, self.w, cx, x.shape[1])
+        for g in range(self.groups):
+            start = g * self.bw * self.s - self.p  # the map column of the block's first column
+            lo, hi = max(0, start), min(self.w, start + self.span)
+            if lo < hi:
+                buf[g, self.p : self.p + self.h, lo - start : hi - start, first : first + cx,
+                    slot] = xm[:, lo:hi]
+
+    def window(self, buf: torch.Tensor, g: int, b: int, slot: int | None = None
+               ) -> torch.Tensor:
+        """Block (g, b)'s input as a (K, n) view of one slot, or (K, slots * n) of all of
+        them (slot None); no copy."""
+        slots, n = buf.shape[4], buf.shape[5]
+        off = buf.storage_offset() + g * buf.stride(0) + b * self.rows * self.s * buf.stride(1)
+        if slot is None:
+            return buf.as_strided((self.fan, slots * n), (slots * n, 1), off)
+        return buf.as_strided((self.fan, n), (slots * n, 1), off + slot * n)
+
+    def to_blocks(self, z: torch.Tensor) -> torch.Tensor:
+        """A feature-major (oh*ow*O, m) output as (G, row_blocks, rows*bw*O, m), zero-padded
+        to whole blocks (a copy)."""
+        m = z.shape[1]
+        z = z.view(self.oh, self.ow, self.o, m)
+        pad_r, pad_c = self.row_blocks * self.rows - self.oh, self.groups * self.bw - self.ow
+        if pad_r or pad_c:
+            z = F.pad(z, (0, 0, 0, 0, 0, pad_c, 0, pad_r))
+        z = z.view(self.row_blocks, self.rows, self.groups, self.bw, self.o, m)
+        return z.permute(2, 0, 1, 3, 4, 5).reshape(self.groups, self.row_blocks, -1, m)
+
+    def from_blocks(self, z: torch.Tensor) -> torch.Tensor:
+        """The inverse of `to_blocks`: (G, row_blocks, rows*bw*O, m) -> (oh*ow*O, m)."""
+        m = z.shape[-1]
+        z = z.view(self.groups, self.row_blocks, self.rows, self.bw, self.o, m)
+        z = z.permute(1, 2, 0, 3, 4, 5).reshape(self.row_blocks * self.rows,
+                                                 self.groups * self.bw, self.o, m)
+        return z[: self.oh, : self.ow].reshape(-1, m)
+
+    def forward_fm(self, blocks: torch.Tensor, buf: torch.Tensor, slot: int) -> torch.Tensor:
+        """(oh*ow*O, n) pre-activation, without bias, of input `slot`: one matmul per block,
+        in the buffer's dtype (the blocks' must match)."""
+        n = buf.shape[5]
+        out = buf.new_empty(self.groups, self.row_blocks, self.rows * self.bw * self.o, n)
+        for g in range(self.groups):
+            for b in range(self.row_blocks):
+                torch.mm(blocks[g, b], self.window(buf, g, b, slot), out=out[g, b])
+        if self.groups == 1 and self.rows == 1 and self.bw == self.ow:
+            return out.view(-1, n)  # already in map order
+        return self.from_blocks(out)
+
+    def weight_grad_fm(self, buf: torch.Tensor, dz: torch.Tensor) -> torch.Tensor:
+        """(L, C*k*k, O) gradient of the weights (this geometry's channels) from the output
+        gradients dz (oh*ow*O, slots * n) of every slot in the buffer: one matmul per block
+        with K = slots * n, then one extraction."""
+        d = self.to_blocks(dz.to(buf.dtype))
+        gw = buf.new_empty(self.groups, self.row_blocks, self.fan, d.shape[2])
+        for g in range(self.groups):
+            for b in range(self.row_blocks):
+                torch.mm(self.window(buf, g, b), d[g, b].t(), out=gw[g, b])
+        return self.weights_of(gw.transpose(2, 3))
 
     def band(self, cols: torch.Tensor, g: int) -> torch.Tensor:
         """(oh, K, N) overlapping view: output row i's input window in block column g."""
@@ -177,10 +280,7 @@ class _BandLocal(torch.autograd.Function):
                     band = geo.band(cols, g)
                     for i in range(geo.oh):
                         torch.mm(band[i], go[g, i].t(), out=gw[g, i])
-                # -> (oh, G, bw, C, k, k, O)
-                gw = geo.block_view(gw.transpose(2, 3)).permute(1, 0, 2, 4, 5, 6, 3)
-                gw = gw.reshape(geo.oh, geo.groups * geo.bw, -1, geo.o)[:, : geo.ow]
-                grad_w = gw.reshape(geo.oh * geo.ow, -1, geo.o).to(ctx.dtypes[1])
+                grad_w = geo.weights_of(gw.transpose(2, 3)).to(ctx.dtypes[1])
             if ctx.has_bias and ctx.needs_input_grad[2]:
                 gb = go.to(torch.promote_types(dt, torch.float32)).sum(3)
                 gb = gb.view(geo.groups, geo.oh, geo.bw, geo.o)

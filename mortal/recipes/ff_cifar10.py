@@ -47,7 +47,7 @@ from mortal.loop import (
 from mortal.recipes import Recipe, register
 from mortal.recipes import ff_recurrent_mnist as rec
 from mortal.recipes.common import load_split, standard_results
-from mortal.rules import backprop, ff, ff_recurrent
+from mortal.rules import backprop, ff, ff_maps, ff_recurrent
 from mortal.rules.backprop import Split
 
 DATA_LABEL = "CIFAR-10 (JPEG copy)"
@@ -79,6 +79,11 @@ class Config:
     image_size: int = 32                       # < 32 area-downsamples the images (tests only)
     local_impl: Literal["band", "gather"] = "band"  # LocallyConnected2d's implementation
     band_width: int = 32                       # output columns per block (impl "band")
+    # FF's passes: "fast", hand-written (mortal/rules/ff_maps.py: every iteration's weight
+    # gradient in one matmul per block) on blocks of block[0] rows x block[1] columns of
+    # output positions; "reference", autograd through the layers (same maths, about 2x slower)
+    impl: Literal["fast", "reference"] = "fast"
+    block: tuple[int, ...] = (4, 8)
     epochs: int = 20
     batch_size: int = 100
     iterations: int = 10
@@ -124,6 +129,8 @@ class Config:
         check(1 <= self.image_size <= 32, "image_size must be in 1..32", p)
         check(self.channels >= 1, "channels must be >= 1", p)
         check(self.band_width >= 1, "band_width must be >= 1", p)
+        check(len(self.block) == 2 and min(self.block) >= 1,
+              "block is two numbers >= 1: rows, columns", p)
         check(0 <= self.damping < 1, "damping must be in [0, 1)", p)
         check(1 <= self.score_from <= self.score_to <= self.iterations,
               "need 1 <= score_from <= score_to <= iterations", p)
@@ -187,28 +194,45 @@ def bp_net(cfg: Config, depth: int) -> nn.Sequential:
 # --- FF on the recurrent local net ------------------------------------------------------------
 
 
-def every_label_scores(net: LocalRecurrentStack, x: torch.Tensor, cfg: Config, goodness: str
-                       ) -> torch.Tensor:
+def fast(net: LocalRecurrentStack, cfg: Config) -> bool:
+    """Whether FF's hand-written passes (mortal.rules.ff_maps) run this net."""
+    return cfg.impl == "fast" and ff_maps.supports(net)
+
+
+def every_label_scores(net: LocalRecurrentStack, x: torch.Tensor, cfg: Config, goodness: str,
+                       compiled: bool = False) -> torch.Tensor:
     """(N, 10) goodness (higher = more positive) with each label, summed over the layers and
     iterations score_from..score_to: ff-recurrent-mnist's scores, signed for min_ssq."""
     sign = ff.GOODNESS[GOODNESS[goodness]][1]
-    with frozen(net):  # the weights stay put: each layer builds its band blocks once
-        g = rec.goodness_by_iteration(net, x, cfg, cfg.score_to, cfg.eval_batch_size)  # type: ignore[arg-type]
+    if fast(net, cfg):
+        g = torch.cat([ff_maps.goodness_by_iteration(net, x[i : i + cfg.eval_batch_size], cfg,
+                                                     cfg.score_to, compiled=compiled)
+                       for i in range(0, len(x), cfg.eval_batch_size)])
+    else:
+        with frozen(net):  # the weights stay put: each layer builds its band blocks once
+            g = rec.goodness_by_iteration(net, x, cfg, cfg.score_to, cfg.eval_batch_size)  # type: ignore[arg-type]
     return sign * g[:, :, cfg.score_from - 1 :].sum(2)
 
 
 @torch.no_grad()
-def neutral_features(net: LocalRecurrentStack, x: torch.Tensor, cfg: Config) -> torch.Tensor:
+def neutral_features(net: LocalRecurrentStack, x: torch.Tensor, cfg: Config,
+                     compiled: bool = False) -> torch.Tensor:
     """Normalised hidden activities of one run with a neutral label (every entry 1/10),
     averaged over iterations score_from..score_to: the one-pass softmax's input (bf16)."""
     chunks = []
+    neutral = torch.full((10,), 0.1)  # the net normalises and scales it
     with frozen(net):  # the weights stay put: each layer builds its band blocks once
         for i in range(0, len(x), cfg.eval_batch_size):
             xb = x[i : i + cfg.eval_batch_size]
-            y = xb.new_full((len(xb), 10), 0.1)  # neutral; the net normalises and scales it
-            with autocast(x.device, cfg.dtype):
-                runs = net.run(xb, y, cfg.score_to)[cfg.score_from - 1 :]
-            mean = [sum(r[j].float() for r in runs) / len(runs) for j in range(len(net.layers))]
+            if fast(net, cfg):
+                mean = ff_maps.mean_states(net, xb, neutral.to(x.device), cfg, cfg.score_from,
+                                           cfg.score_to, compiled=compiled)
+            else:
+                with autocast(x.device, cfg.dtype):
+                    runs = net.run(xb, neutral.to(x.device).expand(len(xb), 10),
+                                   cfg.score_to)[cfg.score_from - 1 :]
+                mean = [sum(r[j].float() for r in runs) / len(runs)
+                        for j in range(len(net.layers))]
             chunks.append(torch.cat([ff.normalise(h) for h in mean], 1).bfloat16())
     return torch.cat(chunks)
 
@@ -229,11 +253,27 @@ def train_ff(cfg: Config, data: Split, depth: int, goodness: str, stage: Any
     net = ff_net(cfg, depth).to(device)
     opts = [make_optimizer(cfg.optimizer, layer.parameters(), cfg.lr, cfg.weight_decay)
             for layer in net.layers]
+    use_fast = fast(net, cfg)
+    compiled = use_fast and device.type == "cpu"  # the elementwise passes, as one loop each
+
+    def losses(x: torch.Tensor, y: torch.Tensor, y_neg: torch.Tensor, g: torch.Generator
+               ) -> list[torch.Tensor]:
+        if not use_fast:
+            return ff_losses(net, x, y, y_neg, cfg, goodness)
+        for opt in opts:  # the same gradients without autograd
+            opt.zero_grad(set_to_none=True)
+        return ff_maps.layer_gradients(net, x, y, y_neg, cfg, GOODNESS[goodness], compiled)
+
+    def apply(out: list[torch.Tensor]) -> torch.Tensor:
+        if not use_fast:
+            return rec.update(opts, out)
+        for opt in opts:
+            opt.step()
+        return torch.stack(out).float()
+
     ff_recurrent.train_epochs(
-        net, opts, data.x_train, data.y_train, cfg, stage,
-        losses=lambda x, y, y_neg, g: ff_losses(net, x, y, y_neg, cfg, goodness),
-        apply=lambda losses: rec.update(opts, losses),
-        scores=lambda x: every_label_scores(net, x, cfg, goodness),
+        net, opts, data.x_train, data.y_train, cfg, stage, losses=losses, apply=apply,
+        scores=lambda x: every_label_scores(net, x, cfg, goodness, compiled),
         name=f"the {depth}-layer FF net ({goodness})")
     train_seconds = stage.train_seconds
     n_eval = cfg.eval_train_limit or len(data.x_train)
@@ -241,18 +281,19 @@ def train_ff(cfg: Config, data: Split, depth: int, goodness: str, stage: Any
     out: dict[str, Any] = {"depth": depth, "goodness": goodness, "train_seconds": train_seconds}
     with stage.timed():
         out["every_label"] = {
-            "train_error_pct": ff.error_pct(every_label_scores(net, x_tr, cfg, goodness)
-                                            .argmax(1), y_tr),
-            "test_error_pct": ff.error_pct(every_label_scores(net, data.x_test, cfg, goodness)
-                                           .argmax(1), data.y_test)}
-        feats = neutral_features(net, data.x_train, cfg)
+            "train_error_pct": ff.error_pct(
+                every_label_scores(net, x_tr, cfg, goodness, compiled).argmax(1), y_tr),
+            "test_error_pct": ff.error_pct(
+                every_label_scores(net, data.x_test, cfg, goodness, compiled).argmax(1),
+                data.y_test)}
+        feats = neutral_features(net, data.x_train, cfg, compiled)
         head = ff.train_softmax(feats, data.y_train, epochs=cfg.softmax_epochs,
                                 lr=cfg.softmax_lr, batch_size=min(1000, len(feats)),
                                 seed=cfg.seed)
         out["softmax"] = {
             "train_error_pct": ff.error_pct(ff.softmax_predict(head, feats[:n_eval]), y_tr),
             "test_error_pct": ff.error_pct(ff.softmax_predict(
-                head, neutral_features(net, data.x_test, cfg)), data.y_test)}
+                head, neutral_features(net, data.x_test, cfg, compiled)), data.y_test)}
     out["eval_seconds"] = round(stage.train_seconds - train_seconds, 2)
     stage.log(epoch=cfg.epochs, **{f"{m}_{k}": v for m in ("every_label", "softmax")
                                    for k, v in out[m].items()})
