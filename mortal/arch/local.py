@@ -171,15 +171,17 @@ class BandGeometry:
                 buf[g, self.p : self.p + self.h, lo - start : hi - start, first : first + cx,
                     slot] = xm[:, lo:hi]
 
-    def window(self, buf: torch.Tensor, g: int, b: int, slot: int | None = None
-               ) -> torch.Tensor:
-        """Block (g, b)'s input as a (K, n) view of one slot, or (K, slots * n) of all of
-        them (slot None); no copy."""
+    def windows(self, buf: torch.Tensor, g: int, slot: int | None = None) -> torch.Tensor:
+        """Column block g's inputs, one per row block, as a (row_blocks, K, n) view of one
+        slot, or (row_blocks, K, slots * n) of all of them (slot None): overlapping, no copy."""
         slots, n = buf.shape[4], buf.shape[5]
-        off = buf.storage_offset() + g * buf.stride(0) + b * self.rows * self.s * buf.stride(1)
+        off = buf.storage_offset() + g * buf.stride(0)
+        step = self.rows * self.s * buf.stride(1)
         if slot is None:
-            return buf.as_strided((self.fan, slots * n), (slots * n, 1), off)
-        return buf.as_strided((self.fan, n), (slots * n, 1), off + slot * n)
+            return buf.as_strided((self.row_blocks, self.fan, slots * n), (step, slots * n, 1),
+                                  off)
+        return buf.as_strided((self.row_blocks, self.fan, n), (step, slots * n, 1),
+                              off + slot * n)
 
     def to_blocks(self, z: torch.Tensor) -> torch.Tensor:
         """A feature-major (oh*ow*O, m) output as (G, row_blocks, rows*bw*O, m), zero-padded
@@ -201,26 +203,24 @@ class BandGeometry:
         return z[: self.oh, : self.ow].reshape(-1, m)
 
     def forward_fm(self, blocks: torch.Tensor, buf: torch.Tensor, slot: int) -> torch.Tensor:
-        """(oh*ow*O, n) pre-activation, without bias, of input `slot`: one matmul per block,
-        in the buffer's dtype (the blocks' must match)."""
+        """(oh*ow*O, n) pre-activation, without bias, of input `slot`: one batched matmul per
+        column block, in the buffer's dtype (the blocks' must match)."""
         n = buf.shape[5]
         out = buf.new_empty(self.groups, self.row_blocks, self.rows * self.bw * self.o, n)
-        for g in range(self.groups):
-            for b in range(self.row_blocks):
-                torch.mm(blocks[g, b], self.window(buf, g, b, slot), out=out[g, b])
+        for g in range(self.groups):  # bmm reads the overlapping windows in place
+            torch.bmm(blocks[g], self.windows(buf, g, slot), out=out[g])
         if self.groups == 1 and self.rows == 1 and self.bw == self.ow:
             return out.view(-1, n)  # already in map order
         return self.from_blocks(out)
 
     def weight_grad_fm(self, buf: torch.Tensor, dz: torch.Tensor) -> torch.Tensor:
         """(L, C*k*k, O) gradient of the weights (this geometry's channels) from the output
-        gradients dz (oh*ow*O, slots * n) of every slot in the buffer: one matmul per block
-        with K = slots * n, then one extraction."""
+        gradients dz (oh*ow*O, slots * n) of every slot in the buffer: one batched matmul per
+        column block with K = slots * n, then one extraction."""
         d = self.to_blocks(dz.to(buf.dtype))
         gw = buf.new_empty(self.groups, self.row_blocks, self.fan, d.shape[2])
         for g in range(self.groups):
-            for b in range(self.row_blocks):
-                torch.mm(self.window(buf, g, b), d[g, b].t(), out=gw[g, b])
+            torch.bmm(self.windows(buf, g), d[g].transpose(1, 2), out=gw[g])
         return self.weights_of(gw.transpose(2, 3))
 
     def band(self, cols: torch.Tensor, g: int) -> torch.Tensor:
