@@ -77,8 +77,10 @@ class Config:
     channels: int = 3                          # ReLUs per map location
     kernel: int = 11                           # receptive field (odd: zero padding kernel // 2)
     image_size: int = 32                       # < 32 area-downsamples the images (tests only)
-    local_impl: Literal["band", "gather"] = "band"  # LocallyConnected2d's implementation
-    band_width: int = 32                       # output columns per block (impl "band")
+    # LocallyConnected2d's implementation and its blocks' width, for backprop and for FF with
+    # impl=reference (the fast path has its own blocks, `block`)
+    local_impl: Literal["band", "gather"] = "band"
+    band_width: int = 32
     # FF's passes: "fast", hand-written (mortal/rules/ff_maps.py: every iteration's weight
     # gradient in one matmul per block) on blocks of block[0] rows x block[1] columns of
     # output positions; "reference", autograd through the layers (same maths, about 2x slower)
