@@ -32,6 +32,7 @@ from mortal.arch.local import BandGeometry, LocallyConnected2d
 from mortal.arch.recurrent import LocalRecurrentStack
 from mortal.loop import DTYPES
 from mortal.rules import ff, ff_fused
+from mortal.rules.ff_recurrent import norm_cols
 
 
 def supports(net: torch.nn.Module) -> bool:
@@ -98,12 +99,6 @@ def _write_inputs(maps: list[_Map], bufs: list[torch.Tensor | None],
             m.geo.write(bufs[j], normed[j + 1], m.above, slot)
 
 
-def _norm_cols(h: torch.Tensor) -> torch.Tensor:
-    """Each column scaled to root-mean-square 1, in h's dtype."""
-    hf = h.float()
-    return (hf * ff.rms_scale(hf.square().sum(0), h.shape[0])[None, :]).to(h.dtype)
-
-
 def _start(maps: list[_Map], x: torch.Tensor, dt: torch.dtype
            ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """The image (D, n) in a one-slot buffer, its contribution to the first map (L*O, n), and
@@ -117,7 +112,7 @@ def _start(maps: list[_Map], x: torch.Tensor, dt: torch.dtype
     for j in range(1, len(maps)):  # the maps above and the label add nothing yet
         m = maps[j]
         buf = m.geo.buffer(1, len(x), dt, x.device)
-        m.geo.write(buf, _norm_cols(states[-1]), 0, 0)
+        m.geo.write(buf, norm_cols(states[-1]), 0, 0)
         z = m.geo.forward_fm(m.blocks, buf, 0).float() + m.bias[:, None]
         states.append(torch.relu(z).to(dt))
     return image_buf, image_part, states
@@ -134,7 +129,7 @@ def _parts(maps: list[_Map], j: int, bufs: list[torch.Tensor | None], slot: int,
         za = label_part if za is None else za.float() + label_part.float()
     if j == 0:
         return za, image_part, reps
-    return za, za.new_zeros(za.shape[0], 1), n_cols  # zb: nothing fixed above the first map
+    return za, za.new_zeros(za.shape[0], 1), n_cols  # zb: only the first map has a fixed part
 
 
 def _labels(net: LocalRecurrentStack, y: torch.Tensor, n_classes: int, dt: torch.dtype
@@ -162,7 +157,7 @@ def layer_gradients(net: LocalRecurrentStack, x: torch.Tensor, y_pos: torch.Tens
     label_part = torch.mm(maps[-1].label, labels)
     image_buf, image_part, states = _start(maps, x, dt)
     states = [s.repeat(1, 2) for s in states]
-    normed = [_norm_cols(s) for s in states]
+    normed = [norm_cols(s) for s in states]
     bufs = [m.geo.buffer(iters, cols, dt, x.device) if m.geo else None for m in maps]
     dz_buf = [torch.empty(s.shape[0], iters, cols, dtype=dt) for s in states]
     gb = [torch.zeros(s.shape[0]) for s in states]
@@ -229,7 +224,7 @@ def runs(net: LocalRecurrentStack, x: torch.Tensor, labels: torch.Tensor, cfg: A
     label_part = torch.mm(maps[-1].label, lab)
     _, image_part, states = _start(maps, x, dt)
     states = [s.repeat(1, reps) for s in states]
-    normed = [_norm_cols(s) for s in states]
+    normed = [norm_cols(s) for s in states]
     bufs = [m.geo.buffer(1, cols, dt, x.device) if m.geo else None for m in maps]
     for _ in range(iterations):
         _write_inputs(maps, bufs, normed, 0)

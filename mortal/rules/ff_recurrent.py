@@ -150,7 +150,7 @@ def supports(net: torch.nn.Module) -> bool:
         type(layer) is Dense and layer.act_name in ("relu", "relu_st") for layer in net.layers)
 
 
-def _norm_cols(s: torch.Tensor) -> torch.Tensor:
+def norm_cols(s: torch.Tensor) -> torch.Tensor:
     """Each column of s (units, N) scaled to root-mean-square 1, in s's dtype."""
     sf = s.float()
     return (sf * ff.rms_scale(sf.square().sum(0), s.shape[0])[None, :]).to(s.dtype)
@@ -222,10 +222,10 @@ def _initial(net: RecurrentStack, wts: _Weights, image_part: torch.Tensor, reps:
     z = image_part.float()
     for j in range(len(net.layers)):
         if j > 0:
-            z = torch.mm(wts.below[j], _norm_cols(states[-1])).float()
+            z = torch.mm(wts.below[j], norm_cols(states[-1])).float()
         states.append(torch.relu(z + wts.bias[j][:, None]).to(image_part.dtype))
     states = [s.repeat(1, reps) for s in states]
-    return states, [_norm_cols(s) for s in states]
+    return states, [norm_cols(s) for s in states]
 
 
 def _parts(wts: _Weights, normed: list[torch.Tensor], image_part: torch.Tensor,
