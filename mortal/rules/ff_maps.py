@@ -159,11 +159,12 @@ def layer_gradients(net: LocalRecurrentStack, x: torch.Tensor, y_pos: torch.Tens
     states = [s.repeat(1, 2) for s in states]
     normed = [norm_cols(s) for s in states]
     bufs = [m.geo.buffer(iters, cols, dt, x.device) if m.geo else None for m in maps]
-    dz_buf = [torch.empty(s.shape[0], iters, cols, dtype=dt) for s in states]
-    gb = [torch.zeros(s.shape[0]) for s in states]
-    image_dz = torch.zeros(states[0].shape[0], n)
-    label_dz = torch.zeros(states[-1].shape[0], cols)
-    totals = [torch.zeros(()) for _ in range(depth)]
+    dev = x.device
+    dz_buf = [torch.empty(s.shape[0], iters, cols, dtype=dt, device=dev) for s in states]
+    gb = [torch.zeros(s.shape[0], device=dev) for s in states]
+    image_dz = torch.zeros(states[0].shape[0], n, device=dev)
+    label_dz = torch.zeros(states[-1].shape[0], cols, device=dev)
+    totals = [torch.zeros((), device=dev) for _ in range(depth)]
     for t in range(iters):
         _write_inputs(maps, bufs, normed, t)
         new_states, new_normed = [], []
@@ -243,8 +244,9 @@ def goodness_by_iteration(net: LocalRecurrentStack, x: torch.Tensor, cfg: Any,
                           ) -> torch.Tensor:
     """(N, n_classes, iterations): for each label clamped in turn, the goodness (sum of
     squares) summed over the maps at each iteration, all labels in one run."""
-    out = torch.empty(n_classes, len(x), iterations)
-    for t, (_, ss) in enumerate(runs(net, x, torch.eye(n_classes), cfg, iterations, compiled)):
+    out = torch.empty(n_classes, len(x), iterations, device=x.device)
+    labels = torch.eye(n_classes, device=x.device)
+    for t, (_, ss) in enumerate(runs(net, x, labels, cfg, iterations, compiled)):
         out[:, :, t] = sum(ss).view(n_classes, len(x))
     return out.permute(1, 0, 2)
 

@@ -258,13 +258,15 @@ def layer_gradients(net: RecurrentStack, x: torch.Tensor, y_pos: torch.Tensor,
     image_part = torch.mm(wts.below[0], x_t)  # (w0, n): the image's contribution, once
     states, normed = _initial(net, wts, image_part, 2)
     # each iteration's dz and input blocks, for one weight-gradient matmul per block
-    dz_buf = [torch.empty(w, iters, 2 * n, dtype=dt) for w in net.widths]
-    below_buf = [None] + [torch.empty(net.widths[j - 1], iters, 2 * n, dtype=dt)
+    dev = x.device
+    dz_buf = [torch.empty(w, iters, 2 * n, dtype=dt, device=dev) for w in net.widths]
+    below_buf = [None] + [torch.empty(net.widths[j - 1], iters, 2 * n, dtype=dt, device=dev)
                           for j in range(1, n_layers)]
-    above_buf = [torch.empty(w, iters, 2 * n, dtype=dt) for w in [*net.widths[1:], n_classes]]
-    gb = [torch.zeros(w) for w in net.widths]
-    image_dz = torch.zeros(net.widths[0], n)
-    totals = [torch.zeros(()) for _ in range(n_layers)]
+    above_buf = [torch.empty(w, iters, 2 * n, dtype=dt, device=dev)
+                 for w in [*net.widths[1:], n_classes]]
+    gb = [torch.zeros(w, device=dev) for w in net.widths]
+    image_dz = torch.zeros(net.widths[0], n, device=dev)
+    totals = [torch.zeros((), device=dev) for _ in range(n_layers)]
     sign = ff.GOODNESS["sumsq"][1]
     for t in range(iters):
         new_states, new_normed = [], []
@@ -327,11 +329,11 @@ def goodness_by_iteration(net: RecurrentStack, x: torch.Tensor, cfg, iterations:
     n = len(x)
     wts = _Weights(net, x.shape[1], dt)
     x_t = ff.normalise(x).t().to(dt).contiguous()
-    y = torch.arange(n_classes).repeat_interleave(n)  # label c on columns c*n .. (c+1)*n
+    y = torch.arange(n_classes, device=x.device).repeat_interleave(n)  # label c: columns c*n..
     labels = net.label(F.one_hot(y, n_classes).float()).t().to(dt).contiguous()
     image_part = torch.mm(wts.below[0], x_t)
     states, normed = _initial(net, wts, image_part, n_classes)
-    out = torch.empty(n_classes, n, iterations)
+    out = torch.empty(n_classes, n, iterations, device=x.device)
     for t in range(iterations):
         results = []
         for j in range(len(net.layers)):
