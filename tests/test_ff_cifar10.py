@@ -33,9 +33,10 @@ needs_cifar = pytest.mark.skipif(_cifar_dir() is None, reason="CIFAR-10 not foun
 
 def test_config_validation():
     assert fc.Config().validate() == []
-    bad = fc.Config(kernel=4, goodnesses=("ssq",), score_to=11, depths=(), test_limit=-1)
+    bad = fc.Config(kernel=4, goodnesses=("ssq",), score_to=11, depths=(), test_limit=-1,
+                    block=(2,))
     problems = " ".join(bad.validate())
-    for word in ("kernel", "goodnesses", "score_from", "depths", "test_limit"):
+    for word in ("kernel", "goodnesses", "score_from", "depths", "test_limit", "block"):
         assert word in problems
 
 
