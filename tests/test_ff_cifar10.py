@@ -156,3 +156,30 @@ def test_hard_negatives_table_is_wrong_labels_and_checkpointed(tmp_path):
     assert table.shape == (60,) and not (table == y).any()
     assert 0 <= out["every_label"]["test_error_pct"] <= 100
     assert fc.Config(hard_negatives_every=-1).validate()
+
+
+def test_fast_and_reference_passes_train_the_same_net(tmp_path):
+    """The recipe's training with the hand-written passes (the default) and with autograd
+    (impl=reference): in fp32, after two epochs of Adam, the same weights and the same
+    errors, so the fast path is wired into the loop (zeroed grads, one step per batch)."""
+    from mortal.recipes.common import Split
+    from mortal.runs import Run
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(60) % 10
+    x = torch.randn(60, 4 * 4 * 3, generator=g) + y[:, None] * 0.1
+    data = Split(x, y, x[:20], y[:20])
+    out, weights = {}, {}
+    for impl in ("fast", "reference"):
+        cfg = fc.Config(epochs=2, batch_size=20, image_size=4, kernel=3, iterations=3,
+                        score_from=2, score_to=3, softmax_epochs=1, eval_batch_size=60,
+                        eval_train_limit=20, dtype="float32", impl=impl, block=(2, 2))
+        run = Run(tmp_path / impl, "ff-cifar10", {}, quiet=True)
+        out[impl] = fc.train_ff(cfg, data, 2, "max_ssq", run.stage("ff"))
+        _, state = Run(tmp_path / impl, "ff-cifar10", {}, quiet=True, resume=True
+                       ).stage("ff").resume_state()
+        weights[impl] = state["net"]
+    for k, v in weights["reference"].items():
+        torch.testing.assert_close(weights["fast"][k], v, atol=1e-5, rtol=1e-4, msg=k)
+    for mode in ("every_label", "softmax"):
+        assert out["fast"][mode] == out["reference"][mode]
