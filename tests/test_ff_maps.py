@@ -105,3 +105,7 @@ def test_fast_path_applies_to_relu_maps_only():
     assert ff_maps.supports(net)
     assert not ff_maps.supports(LocalRecurrentStack((3, 8, 8), [2, 2], 3, act="relu_st"))
     assert not ff_maps.supports(rec.RecurrentStack(10, [4, 4]))
+    cfg = SimpleNamespace(iterations=2, dtype="float32", loss="pairwise", temperature=1.0)
+    x, y = torch.randn(2, 192), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="sum-of-squares"):
+        ff_maps.layer_gradients(net, x, y, 1 - y, cfg, "sum")

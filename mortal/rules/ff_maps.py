@@ -146,6 +146,9 @@ def layer_gradients(net: LocalRecurrentStack, x: torch.Tensor, y_pos: torch.Tens
     over `cfg.iterations` iterations (divided by their number), positive runs with labels
     y_pos, negative runs with y_neg, goodness `goodness` (an ff.GOODNESS name of the sum of
     squares); return the losses. `ff_recurrent_mnist.layer_losses` and backward give the same."""
+    if goodness not in ("sumsq", "neg_sumsq"):
+        raise ValueError(f"the hand-written passes need a sum-of-squares goodness, not "
+                         f"{goodness!r}: use impl=reference")
     fn_sign = ff.GOODNESS[goodness][1]
     dt = DTYPES[cfg.dtype]
     n, iters, depth = len(x), cfg.iterations, len(net.layers)
