@@ -17,7 +17,9 @@ against a masked dense layer), neither a Python loop over positions:
   are laid out as one dense (bw*O, k*span*C) matrix with zeros outside each position's field,
   so a block is one well-shaped matmul on an overlapping strided view of the input (no patch
   copy): (span/k)x the useful FLOPs (1.6x for 11x11 fields, bw=8) but far less memory traffic.
-  Forward and weight/input gradients are written out (`_BandLocal`).
+  Forward and weight/input gradients are written out (`_BandLocal`). `BandGeometry` also
+  has feature-major passes on blocks of several rows, for hand-written training loops
+  (mortal.rules.ff_maps).
 
 Activities are channels-last (N, H, W, C), so a layer's output is the next one's input without
 a transpose; a single-channel image is the same in either layout. Index tables are computed
@@ -116,7 +118,8 @@ class BandGeometry:
         if pad_r or pad_c:
             w = F.pad(w, (0, 0, 0, 0, 0, 0, 0, 0, 0, pad_c, 0, pad_r))
         w = w.unflatten(1, (self.groups, self.bw)).unflatten(0, (self.row_blocks, self.rows))
-        return w.permute(2, 0, 1, 3, 7, 4, 5, 6)                 # RB, R, G, bw, C, k, k, O ->
+        # (RB, R, G, bw, C, k, k, O) -> (G, RB, R, bw, O, C, k, k)
+        return w.permute(2, 0, 1, 3, 7, 4, 5, 6)
 
     def blocks(self, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The dense (G, row_blocks, rows*bw*O, K) block matrices of `weight`, zeros outside

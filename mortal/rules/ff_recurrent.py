@@ -145,7 +145,8 @@ def train_epochs(net: torch.nn.Module, opts: list[torch.optim.Optimizer], x: tor
 
 
 def supports(net: torch.nn.Module) -> bool:
-    """A plain dense RecurrentStack of Dense ReLU layers (not the local maps of ff-cifar10)."""
+    """A plain dense RecurrentStack of Dense ReLU layers (ff-cifar10's local maps have their
+    own passes: mortal.rules.ff_maps)."""
     return type(net) is RecurrentStack and all(
         type(layer) is Dense and layer.act_name in ("relu", "relu_st") for layer in net.layers)
 
