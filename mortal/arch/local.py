@@ -94,6 +94,11 @@ class BandGeometry:
                 max(self.w + 2 * self.p, (self.groups * self.bw - 1) * self.s + self.k))
 
     @property
+    def block_padding(self) -> tuple[int, int]:
+        """(rows, columns) of output positions added to make whole blocks."""
+        return self.row_blocks * self.rows - self.oh, self.groups * self.bw - self.ow
+
+    @property
     def fan(self) -> int:
         """K of a block's matmul: height rows x span columns x C channels."""
         return self.height * self.span * self.c
@@ -114,7 +119,7 @@ class BandGeometry:
         """An (L, C*k*k, O) weight (or a channel slice of one) as (G, row_blocks, rows, bw,
         O, C, k, k), zero-padded to whole blocks."""
         w = weight.unflatten(1, (self.c, self.k, self.k)).unflatten(0, (self.oh, self.ow))
-        pad_r, pad_c = self.row_blocks * self.rows - self.oh, self.groups * self.bw - self.ow
+        pad_r, pad_c = self.block_padding
         if pad_r or pad_c:
             w = F.pad(w, (0, 0, 0, 0, 0, 0, 0, 0, 0, pad_c, 0, pad_r))
         w = w.unflatten(1, (self.groups, self.bw)).unflatten(0, (self.row_blocks, self.rows))
@@ -191,7 +196,7 @@ class BandGeometry:
         to whole blocks (a copy)."""
         m = z.shape[1]
         z = z.view(self.oh, self.ow, self.o, m)
-        pad_r, pad_c = self.row_blocks * self.rows - self.oh, self.groups * self.bw - self.ow
+        pad_r, pad_c = self.block_padding
         if pad_r or pad_c:
             z = F.pad(z, (0, 0, 0, 0, 0, pad_c, 0, pad_r))
         z = z.view(self.row_blocks, self.rows, self.groups, self.bw, self.o, m)

@@ -32,7 +32,7 @@ from mortal.arch.local import BandGeometry, LocallyConnected2d
 from mortal.arch.recurrent import LocalRecurrentStack
 from mortal.loop import DTYPES
 from mortal.rules import ff, ff_fused
-from mortal.rules.ff_recurrent import norm_cols
+from mortal.rules.ff_recurrent import goodness_loss, norm_cols
 
 
 def supports(net: torch.nn.Module) -> bool:
@@ -99,44 +99,61 @@ def _write_inputs(maps: list[_Map], bufs: list[torch.Tensor | None],
             m.geo.write(bufs[j], normed[j + 1], m.above, slot)
 
 
-def _start(maps: list[_Map], x: torch.Tensor, dt: torch.dtype
-           ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-    """The image (D, n) in a one-slot buffer, its contribution to the first map (L*O, n), and
-    each map's state after one bottom-up pass on the n distinct images (`initial`)."""
+@dataclass
+class _Run:
+    """What a run of `reps` label runs on n images sets up once: each map's blocks, the
+    label's contribution to the top map (L*O, reps*n), the image in a one-slot buffer and its
+    contribution to the first map (L*O, n), each map's state after the bottom-up pass (and
+    normalised), repeated per label run, and each map's input buffer of `slots` inputs."""
+
+    maps: list[_Map]
+    label_part: torch.Tensor
+    image_buf: torch.Tensor
+    image_part: torch.Tensor
+    states: list[torch.Tensor]
+    normed: list[torch.Tensor]
+    bufs: list[torch.Tensor | None]
+    reps: int
+    labels: torch.Tensor  # (C, reps*n): the clamped label vectors as the top map reads them
+
+    def parts(self, j: int, slot: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Map j's pre-activation from input `slot` in the fast path's two parts (za, zb,
+        reps): za on every column, zb repeated `reps` times (the image part, on the n
+        distinct images; the other maps have no fixed part: one zero column)."""
+        m = self.maps[j]
+        za = m.geo.forward_fm(m.blocks, self.bufs[j], slot) if m.geo is not None else None
+        if m.label is not None:
+            za = self.label_part if za is None else za.float() + self.label_part.float()
+        if j == 0:
+            return za, self.image_part, self.reps
+        return za, za.new_zeros(za.shape[0], 1), za.shape[1]
+
+
+def _begin(net: LocalRecurrentStack, x: torch.Tensor, labels: torch.Tensor, slots: int,
+           cfg: Any) -> _Run:
+    """Set up a run of the n images x with label vector r (rows of `labels` (R*n, C),
+    r-major) clamped on columns r*n .. (r+1)*n; the bottom-up pass (`initial`) runs on the n
+    distinct images."""
+    dt = DTYPES[cfg.dtype]
+    n, dev = len(x), x.device
+    maps = _maps(net, x.shape[1] // (net.hw[0] * net.hw[1]), dt, cfg)
     m0 = maps[0]
-    x_fm = ff.normalise(x).t().to(dt).contiguous()
-    image_buf = m0.image_geo.buffer(1, len(x), dt, x.device)
-    m0.image_geo.write(image_buf, x_fm, 0, 0)
+    image_buf = m0.image_geo.buffer(1, n, dt, dev)
+    m0.image_geo.write(image_buf, ff.normalise(x).t().to(dt).contiguous(), 0, 0)
     image_part = m0.image_geo.forward_fm(m0.image_blocks, image_buf, 0)
     states = [torch.relu(image_part.float() + m0.bias[:, None]).to(dt)]
-    for j in range(1, len(maps)):  # the maps above and the label add nothing yet
-        m = maps[j]
-        buf = m.geo.buffer(1, len(x), dt, x.device)
+    for m in maps[1:]:  # the maps above and the label add nothing yet
+        buf = m.geo.buffer(1, n, dt, dev)
         m.geo.write(buf, norm_cols(states[-1]), 0, 0)
-        z = m.geo.forward_fm(m.blocks, buf, 0).float() + m.bias[:, None]
-        states.append(torch.relu(z).to(dt))
-    return image_buf, image_part, states
-
-
-def _parts(maps: list[_Map], j: int, bufs: list[torch.Tensor | None], slot: int,
-           image_part: torch.Tensor, label_part: torch.Tensor | None, reps: int, n_cols: int
-           ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Map j's pre-activation at this iteration in the fast path's two parts (za, zb, reps):
-    za on every column, zb repeated `reps` times (the image part, on the n distinct images)."""
-    m = maps[j]
-    za = m.geo.forward_fm(m.blocks, bufs[j], slot) if m.geo is not None else None
-    if m.label is not None:
-        za = label_part if za is None else za.float() + label_part.float()
-    if j == 0:
-        return za, image_part, reps
-    return za, za.new_zeros(za.shape[0], 1), n_cols  # zb: only the first map has a fixed part
-
-
-def _labels(net: LocalRecurrentStack, y: torch.Tensor, n_classes: int, dt: torch.dtype
-            ) -> torch.Tensor:
-    """(C, N) clamped label vectors as the top map reads them, from class ids or rows."""
-    v = F.one_hot(y, n_classes).float() if y.dim() == 1 else y.float()
-    return net.label(v).t().to(dt).contiguous()
+        states.append(torch.relu(m.geo.forward_fm(m.blocks, buf, 0).float()
+                                 + m.bias[:, None]).to(dt))
+    reps = len(labels) // n
+    states = [s.repeat(1, reps) for s in states]
+    lab = net.label(labels.float()).t().to(dt).contiguous()
+    return _Run(maps, torch.mm(maps[-1].label, lab), image_buf, image_part, states,
+                [norm_cols(s) for s in states],
+                [m.geo.buffer(slots, reps * n, dt, dev) if m.geo else None for m in maps],
+                reps, lab)
 
 
 def layer_gradients(net: LocalRecurrentStack, x: torch.Tensor, y_pos: torch.Tensor,
@@ -150,41 +167,25 @@ def layer_gradients(net: LocalRecurrentStack, x: torch.Tensor, y_pos: torch.Tens
         raise ValueError(f"the hand-written passes need a sum-of-squares goodness, not "
                          f"{goodness!r}: use impl=reference")
     fn_sign = ff.GOODNESS[goodness][1]
-    dt = DTYPES[cfg.dtype]
-    n, iters, depth = len(x), cfg.iterations, len(net.layers)
-    cols = 2 * n
-    n_classes = net.layers[-1].label.in_features
-    c_image = x.shape[1] // (net.hw[0] * net.hw[1])
-    maps = _maps(net, c_image, dt, cfg)
-    labels = _labels(net, torch.cat([y_pos, y_neg]), n_classes, dt)
-    label_part = torch.mm(maps[-1].label, labels)
-    image_buf, image_part, states = _start(maps, x, dt)
-    states = [s.repeat(1, 2) for s in states]
-    normed = [norm_cols(s) for s in states]
-    bufs = [m.geo.buffer(iters, cols, dt, x.device) if m.geo else None for m in maps]
-    dev = x.device
-    dz_buf = [torch.empty(s.shape[0], iters, cols, dtype=dt, device=dev) for s in states]
+    n, iters, dev = len(x), cfg.iterations, x.device
+    labels = F.one_hot(torch.cat([y_pos, y_neg]), net.layers[-1].label.in_features)
+    run = _begin(net, x, labels, iters, cfg)
+    maps, bufs, states, normed = run.maps, run.bufs, run.states, run.normed
+    dt = run.image_part.dtype
+    dz_buf = [torch.empty(s.shape[0], iters, 2 * n, dtype=dt, device=dev) for s in states]
     gb = [torch.zeros(s.shape[0], device=dev) for s in states]
     image_dz = torch.zeros(states[0].shape[0], n, device=dev)
-    label_dz = torch.zeros(states[-1].shape[0], cols, device=dev)
-    totals = [torch.zeros((), device=dev) for _ in range(depth)]
+    label_dz = torch.zeros(states[-1].shape[0], 2 * n, device=dev)
+    totals = [torch.zeros((), device=dev) for _ in maps]
     for t in range(iters):
         _write_inputs(maps, bufs, normed, t)
         new_states, new_normed = [], []
         for j, m in enumerate(maps):
-            za, zb, reps = _parts(maps, j, bufs, t, image_part, label_part, 2, cols)
+            za, zb, reps = run.parts(j, t)
             h, ss, hn = ff_fused.call("recurrent_update", compiled, za, zb, m.bias, states[j],
                                       net.damping, reps)
-            s_ = ss.requires_grad_()
-            g = fn_sign * s_
-            if cfg.loss == "pairwise":
-                loss = ff.pairwise_loss(g[:n], g[n:], cfg.temperature)
-            else:  # the threshold is per unit, signed like the goodness
-                loss = ff.ff_loss(g[:n], g[n:], fn_sign * cfg.threshold * h.shape[0],
-                                  cfg.temperature)
-            loss = loss / iters
-            (c,) = torch.autograd.grad(loss, s_)
-            totals[j] = totals[j] + loss.detach()
+            loss, c = goodness_loss(ss, n, h.shape[0], cfg, fn_sign)
+            totals[j] = totals[j] + loss
             dz, gbj, pair = ff_fused.call("recurrent_grad", compiled, h, za, zb, m.bias, c,
                                           net.damping, reps, True, j == 0)
             gb[j] += gbj
@@ -203,11 +204,11 @@ def layer_gradients(net: LocalRecurrentStack, x: torch.Tensor, y_pos: torch.Tens
         if m.geo is not None:
             grad[:, m.first * kk :] = m.geo.weight_grad_fm(bufs[j], dz_buf[j].flatten(1))
         if m.image_geo is not None:
-            grad[:, : m.first * kk] = m.image_geo.weight_grad_fm(image_buf, image_dz)
+            grad[:, : m.first * kk] = m.image_geo.weight_grad_fm(run.image_buf, image_dz)
         local.weight.grad = grad
         local.bias.grad = gb[j].view_as(local.bias).to(local.bias.dtype)
         if layer.label is not None:
-            layer.label.weight.grad = torch.mm(label_dz, labels.float().t()).to(
+            layer.label.weight.grad = torch.mm(label_dz, run.labels.float().t()).to(
                 layer.label.weight.dtype)
     return totals
 
@@ -219,22 +220,13 @@ def runs(net: LocalRecurrentStack, x: torch.Tensor, labels: torch.Tensor, cfg: A
     """Run the net on the n images x with each of the R label vectors labels (R, C) clamped
     (columns r*n .. (r+1)*n: label r), the image's part computed once: yields each
     iteration's states (L*O, R*n) and their sums of squares (R*n,), per map."""
-    dt = DTYPES[cfg.dtype]
-    n, reps = len(x), len(labels)
-    cols = n * reps
-    c_image = x.shape[1] // (net.hw[0] * net.hw[1])
-    maps = _maps(net, c_image, dt, cfg)
-    lab = _labels(net, labels.repeat_interleave(n, 0), labels.shape[1], dt)
-    label_part = torch.mm(maps[-1].label, lab)
-    _, image_part, states = _start(maps, x, dt)
-    states = [s.repeat(1, reps) for s in states]
-    normed = [norm_cols(s) for s in states]
-    bufs = [m.geo.buffer(1, cols, dt, x.device) if m.geo else None for m in maps]
+    run = _begin(net, x, labels.repeat_interleave(len(x), 0), 1, cfg)
+    maps, bufs, states, normed = run.maps, run.bufs, run.states, run.normed
     for _ in range(iterations):
         _write_inputs(maps, bufs, normed, 0)
         out = []
         for j, m in enumerate(maps):
-            za, zb, r = _parts(maps, j, bufs, 0, image_part, label_part, reps, cols)
+            za, zb, r = run.parts(j, 0)
             out.append(ff_fused.call("recurrent_update", compiled, za, zb, m.bias, states[j],
                                      net.damping, r))
         states = [h for h, _, _ in out]

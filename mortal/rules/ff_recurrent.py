@@ -157,6 +157,22 @@ def norm_cols(s: torch.Tensor) -> torch.Tensor:
     return (sf * ff.rms_scale(sf.square().sum(0), s.shape[0])[None, :]).to(s.dtype)
 
 
+def goodness_loss(ss: torch.Tensor, n: int, units: int, cfg: Any, sign: float = 1.0
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One iteration's FF loss of a layer (cfg.loss, divided by cfg.iterations), its goodness
+    sign times each column's sum of squares ss (2n: the positive runs first), and the loss's
+    gradient with respect to ss, for the hand-written passes."""
+    s = ss.detach().requires_grad_()
+    g = sign * s
+    if cfg.loss == "pairwise":
+        loss = ff.pairwise_loss(g[:n], g[n:], cfg.temperature)
+    else:  # the threshold is per unit, signed like the goodness
+        loss = ff.ff_loss(g[:n], g[n:], sign * cfg.threshold * units, cfg.temperature)
+    loss = loss / cfg.iterations
+    (grad,) = torch.autograd.grad(loss, s)
+    return loss.detach(), grad
+
+
 def _pre_activation(za: torch.Tensor, zb: torch.Tensor, b: torch.Tensor, reps: int
                     ) -> torch.Tensor:
     """z + b in fp32 from the above part za (units, N) and the below part zb (units, N / reps,
@@ -268,7 +284,6 @@ def layer_gradients(net: RecurrentStack, x: torch.Tensor, y_pos: torch.Tensor,
     gb = [torch.zeros(w, device=dev) for w in net.widths]
     image_dz = torch.zeros(net.widths[0], n, device=dev)
     totals = [torch.zeros((), device=dev) for _ in range(n_layers)]
-    sign = ff.GOODNESS["sumsq"][1]
     for t in range(iters):
         new_states, new_normed = [], []
         for j in range(n_layers):
@@ -276,15 +291,8 @@ def layer_gradients(net: RecurrentStack, x: torch.Tensor, y_pos: torch.Tensor,
             reps = 2 if j == 0 else 1
             h, ss, hn = ff_fused.call("recurrent_update", compiled, za, zb, wts.bias[j],
                                       states[j], net.damping, reps)
-            g = ss.requires_grad_()
-            if cfg.loss == "pairwise":
-                loss = ff.pairwise_loss(g[:n], g[n:], cfg.temperature)
-            else:
-                loss = ff.ff_loss(g[:n], g[n:], sign * cfg.threshold * h.shape[0],
-                                  cfg.temperature)
-            loss = loss / iters
-            (c,) = torch.autograd.grad(loss, g)
-            totals[j] = totals[j] + loss.detach()
+            loss, c = goodness_loss(ss, n, h.shape[0], cfg)
+            totals[j] = totals[j] + loss
             dh_peer = None
             if peer is not None:  # its gradient per positive column: d pm / d h = 1 / n
                 term, d_pm = peer.term(j, h[:, :n].float().mean(1), iters)
