@@ -405,6 +405,23 @@ def test_position_share_hand_computed():
     assert position_share(where, fg, min_count=2) == [pytest.approx(1.0)]
 
 
+def test_position_baseline_clusters_columns_by_distance_alone():
+    """glom_parts.position_ari by hand on one row of 5 columns, ids 1 1 0 2 2: the two pairs
+    are 1 column apart inside and 3 apart on average between, so a cut of 1 finds both
+    (ARI 1) and a cut of 3 merges them into one island (ARI 0 against two objects)."""
+    from mortal.recipes.glom_parts import position_ari
+
+    ids = torch.tensor([[1, 1, 0, 2, 2]])
+    assert position_ari(ids, (1, 5), 1.0) == pytest.approx(1.0)
+    assert position_ari(ids, (1, 5), 2.9) == pytest.approx(1.0)
+    assert position_ari(ids, (1, 5), 3.0) == pytest.approx(0.0)
+    # cluster() is cluster_similarity() on cosines
+    emb = np.random.default_rng(0).normal(size=(7, 3))
+    u = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    for t in (-0.5, 0.0, 0.5):
+        assert (rule.cluster(emb, t) == rule.cluster_similarity(u @ u.T, t)).all()
+
+
 def test_pos_scale_sets_how_much_position_reaches_the_nets():
     """GlomSpec.pos_scale multiplies the position code; at 0 two columns with the same pixels
     get the same level-0 bottom-up prediction, at 1 their positions tell them apart."""

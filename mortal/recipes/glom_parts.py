@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from mortal import distributed
-from mortal.arch.glom import Glom, GlomSpec
+from mortal.arch.glom import Glom, GlomSpec, column_distances
 from mortal.config import check
 from mortal.data.parts import column_classes, column_ids, make_parts
 from mortal.loop import device_of, resolve_dtype, seed_everything
@@ -277,6 +277,40 @@ def best_thresholds(e: torch.Tensor, ids: torch.Tensor, grid: tuple[float, ...]
     return [grid[i] for i in best], [float(scores[i, lvl]) for lvl, i in enumerate(best)]
 
 
+# mean distances (in columns) at which the position baseline stops merging clusters
+POSITION_CUTS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)
+
+
+def position_ari(ids: torch.Tensor, grid: tuple[int, int], cut: float) -> float:
+    """(B, N) column ids (0 = background) -> the ARI, averaged over images, of islands made
+    from where the columns are and nothing else: average linkage on Euclidean distance
+    between foreground columns, merging while the mean distance is at most `cut` columns."""
+    dist = column_distances(grid).numpy()
+    total = 0.0
+    for row in ids.cpu().numpy():
+        fg = row > 0
+        labels = rule_mod.cluster_similarity(-dist[np.ix_(fg, fg)], -cut)
+        total += rule_mod.adjusted_rand_index(labels, row[fg])
+    return total / len(ids)
+
+
+def position_baseline(cfg: Any, amb: float, seed: int, grid: tuple[int, int]
+                      ) -> dict[str, float]:
+    """The islands a net that knew only where each column is would form: part and object ARI
+    on `evaluate`'s test images (same seed), each with its cut chosen on its validation
+    images. A GLOM's ARI means something only above this."""
+    val = make_parts(cfg.n_val, seed + 1, amb, layout=cfg.layout)
+    test = make_parts(cfg.n_test, seed + 2, amb, layout=cfg.layout)
+    out: dict[str, float] = {}
+    for what, key in (("part", "part_ids"), ("object", "object_ids")):
+        val_ids = column_ids(getattr(val, key), cfg.patch)
+        cut = max(POSITION_CUTS, key=lambda c: position_ari(val_ids, grid, c))
+        out[f"{what}_ari"] = round(
+            position_ari(column_ids(getattr(test, key), cfg.patch), grid, cut), 4)
+        out[f"{what}_cut_columns"] = cut
+    return out
+
+
 def evaluate(model: Glom, cfg: Config, amb: float, device: torch.device, seed: int
              ) -> dict[str, Any]:
     """Per-level ARI (parts, objects) and top-level object classification at one ambiguity.
@@ -432,11 +466,15 @@ def measure_and_report(model: Glom, untrained: Glom, cfg: Config, run: Any,
                       f"{ev['classification_accuracy_pct']} %", flush=True)
     gain = {a: learning_gain(results["trained"][a], results["untrained"][a])
             for a in results["trained"]}
+    baseline = {f"{a:g}": position_baseline(cfg, a, 10_000 * (k + 1) + cfg.seed,
+                                            model.spec.grid) for k, a in enumerate(amb)}
     lines = [f"Layout: {cfg.layout}.", "",
              "| nets | ambiguity | part ARI | object ARI | classification (%) | eGLOM-lite (%) "
              "| part ARI per level | object ARI per level |", "|---|---|---|---|---|---|---|---|"]
     lines += table_rows(f"trained ({cfg.mode})", results["trained"])
     lines += table_rows("untrained (initial nets)", results["untrained"])
+    lines += [f"| position alone (no net) | {a} | {b['part_ari']:.3f} | {b['object_ari']:.3f} "
+              "| | | | |" for a, b in baseline.items()]
     lines += ["", "Learning gain (trained minus untrained):", "",
               "| ambiguity | part ARI | object ARI | classification (points) | "
               "classification per level (trained) | probe on raw pixel windows (%) | "
@@ -456,7 +494,10 @@ def measure_and_report(model: Glom, untrained: Glom, cfg: Config, run: Any,
               f"{amb[len(amb) // 2]:g}, rows = iterations 0..{cfg.eval_iterations}, left to "
               f"right the image then levels 0..{cfg.n_levels - 1}; dark lines = island edges. "
               "Position share: the share of the foreground columns' variance explained by "
-              "which column they are (1 = the level encodes only where a column is)."]
+              "which column they are (1 = the level encodes only where a column is). "
+              "Position alone: the same test images' foreground columns clustered by where "
+              "they are (average linkage on distance, the cut chosen on the validation "
+              "images): what islands that ignore the pixels score."]
     (run.dir / "table.md").write_text("\n".join(lines) + "\n")
     trained = results["trained"]
     a0 = f"{amb[0]:g}"
@@ -466,6 +507,7 @@ def measure_and_report(model: Glom, untrained: Glom, cfg: Config, run: Any,
         test_error_note=f"object classification error from the top level at ambiguity {a0}",
         mode=cfg.mode, layout=cfg.layout, per_ambiguity=trained,
         untrained_per_ambiguity=results["untrained"], learning_gain_per_ambiguity=gain,
+        position_baseline_per_ambiguity=baseline,
         part_ari={a: ev["part_ari"] for a, ev in trained.items()},
         object_ari={a: ev["object_ari"] for a, ev in trained.items()},
         classification_accuracy_pct={a: ev["classification_accuracy_pct"]

@@ -593,8 +593,14 @@ def cluster(emb: np.ndarray, threshold: float) -> np.ndarray:
     is at least `threshold` (unlike single linkage, a chain of neighbours does not merge two
     islands that touch)."""
     u = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    sim = (u @ u.T).astype(np.float64)
-    n = len(u)
+    return cluster_similarity(u @ u.T, threshold)
+
+
+def cluster_similarity(sim: np.ndarray, threshold: float) -> np.ndarray:
+    """(N, N) symmetric similarities -> (N,) labels: `cluster`'s average linkage on any
+    similarity (the position baseline of glom-parts uses a Gaussian of distance)."""
+    sim = np.array(sim, dtype=np.float64)
+    n = len(sim)
     np.fill_diagonal(sim, -np.inf)
     size = np.ones(n)
     labels = np.arange(n)
