@@ -180,6 +180,29 @@ def test_glom_mnist_recipe_probes_and_draws(tmp_path):
     assert "linear probe on the top level" in (out / "table.md").read_text()
 
 
+def test_glom_parts_recipe_writes_aris_classification_baseline_and_pictures(tmp_path):
+    """`mortal run glom-parts`, shrunk: per-level ARIs, classification against ambiguity, the
+    untrained nets and the position-alone baseline, and the island pictures."""
+    out = tmp_path / "parts"
+    r = mortal("run", "glom-parts", "--set", "epochs=1", "--set", "steps_per_epoch=2",
+               "--set", "batch_size=8", "--set", "iterations=2", "--set", "ambiguities=0,0.8",
+               "--set", "n_val=4", "--set", "n_test=8", "--set", "n_probe_train=16",
+               "--set", "probe_epochs=5", "--set", "eval_iterations=2", "--set", "n_pictures=1",
+               "--out", str(out),
+               "--quiet")
+    assert r.returncode == 0, r.stderr
+    res = json.loads((out / "results.json").read_text())
+    for a in ("0", "0.8"):
+        ev = res["per_ambiguity"][a]
+        assert len(ev["part_ari_per_level"]) == len(ev["object_ari_per_level"]) == 4
+        assert 0 <= ev["classification_accuracy_pct"] <= 100
+        assert {"part_ari", "object_ari"} <= res["position_baseline_per_ambiguity"][a].keys()
+        assert a in res["untrained_per_ambiguity"]
+    assert "position alone (no net)" in (out / "table.md").read_text()
+    assert any(f.endswith(".gif") for f in res["figures"])
+    assert all((out / f).stat().st_size > 0 for f in res["figures"])
+
+
 def _mnist_copy(tmp_path: Path) -> Path:
     d = tmp_path / "mnist"
     shutil.copytree(SHARED_DATA / "mnist", d)
