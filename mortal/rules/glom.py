@@ -598,7 +598,7 @@ def cluster(emb: np.ndarray, threshold: float) -> np.ndarray:
 
 def cluster_similarity(sim: np.ndarray, threshold: float) -> np.ndarray:
     """(N, N) symmetric similarities -> (N,) labels: `cluster`'s average linkage on any
-    similarity (the position baseline of glom-parts uses a Gaussian of distance)."""
+    similarity (glom-parts' position baseline passes minus the distance between columns)."""
     sim = np.array(sim, dtype=np.float64)
     n = len(sim)
     np.fill_diagonal(sim, -np.inf)
