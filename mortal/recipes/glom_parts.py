@@ -294,13 +294,22 @@ def position_ari(ids: torch.Tensor, grid: tuple[int, int], cut: float) -> float:
     return total / len(ids)
 
 
+def eval_seed(cfg: Any, k: int) -> int:
+    """The seed of the k-th ambiguity's evaluation images (`split`)."""
+    return 10_000 * (k + 1) + cfg.seed
+
+
+def split(cfg: Any, amb: float, seed: int, n: int, part: int) -> Any:
+    """The evaluation images: part 1 validation, 2 test, 3 the probe's training objects."""
+    return make_parts(n, seed + part, amb, layout=cfg.layout)
+
+
 def position_baseline(cfg: Any, amb: float, seed: int, grid: tuple[int, int]
                       ) -> dict[str, float]:
     """The islands a net that knew only where each column is would form: part and object ARI
     on `evaluate`'s test images (same seed), each with its cut chosen on its validation
     images. A GLOM's ARI means something only above this."""
-    val = make_parts(cfg.n_val, seed + 1, amb, layout=cfg.layout)
-    test = make_parts(cfg.n_test, seed + 2, amb, layout=cfg.layout)
+    val, test = split(cfg, amb, seed, cfg.n_val, 1), split(cfg, amb, seed, cfg.n_test, 2)
     out: dict[str, float] = {}
     for what, key in (("part", "part_ids"), ("object", "object_ids")):
         val_ids = column_ids(getattr(val, key), cfg.patch)
@@ -318,9 +327,8 @@ def evaluate(model: Glom, cfg: Config, amb: float, device: torch.device, seed: i
     Thresholds per level, and the level reported as the part (object) level, are chosen on
     validation images; the ARIs reported are on separate test images."""
     p, it = cfg.patch, cfg.eval_iterations
-    val = make_parts(cfg.n_val, seed + 1, amb, layout=cfg.layout)
-    test = make_parts(cfg.n_test, seed + 2, amb, layout=cfg.layout)
-    probe = make_parts(cfg.n_probe_train, seed + 3, amb, layout=cfg.layout)
+    val, test = split(cfg, amb, seed, cfg.n_val, 1), split(cfg, amb, seed, cfg.n_test, 2)
+    probe = split(cfg, amb, seed, cfg.n_probe_train, 3)
     e_val = rule_mod.states(model, val.images.to(device), it, cfg.dtype)
     e_test = rule_mod.states(model, test.images.to(device), it, cfg.dtype)
     out: dict[str, Any] = {}
@@ -450,7 +458,7 @@ def measure_and_report(model: Glom, untrained: Glom, cfg: Config, run: Any,
     figures: list[str] = []
     for name, net in (("trained", model), ("untrained", untrained)):
         for k, a in enumerate(amb):
-            ev = evaluate(net, cfg, a, device, seed=10_000 * (k + 1) + cfg.seed)
+            ev = evaluate(net, cfg, a, device, seed=eval_seed(cfg, k))
             images = ev.pop("test_images")
             results[name][f"{a:g}"] = ev
             if name == "trained" and k == len(amb) // 2 and cfg.n_pictures:
@@ -466,8 +474,8 @@ def measure_and_report(model: Glom, untrained: Glom, cfg: Config, run: Any,
                       f"{ev['classification_accuracy_pct']} %", flush=True)
     gain = {a: learning_gain(results["trained"][a], results["untrained"][a])
             for a in results["trained"]}
-    baseline = {f"{a:g}": position_baseline(cfg, a, 10_000 * (k + 1) + cfg.seed,
-                                            model.spec.grid) for k, a in enumerate(amb)}
+    baseline = {f"{a:g}": position_baseline(cfg, a, eval_seed(cfg, k), model.spec.grid)
+                for k, a in enumerate(amb)}
     lines = [f"Layout: {cfg.layout}.", "",
              "| nets | ambiguity | part ARI | object ARI | classification (%) | eGLOM-lite (%) "
              "| part ARI per level | object ARI per level |", "|---|---|---|---|---|---|---|---|"]
