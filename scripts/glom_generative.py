@@ -1,25 +1,28 @@
-"""Do object islands form when an island must *predict* its parts? (glom-parts study)
+"""Do islands form at parts or objects when an island must *draw* what it covers? (glom-parts study)
 
 The object-centre votes study (`scripts/glom_votes.py`) found parts or everything, never
-objects: a vote density has no notion of an object. Here the object level must pass GLOM's
-top-down, generative check instead. Every column votes, with no labels and no position input,
-for an object: a class code (softmax over `k`) and a centre (its place plus an offset). The
-votes settle into islands by GLOM's attention with no learned weights: `iters` rounds of each
-vote moving to the similarity-weighted mean of its image's foreground votes (Gaussian in the
-centre, `sigma` pixels, plus `beta` times the class codes' dot product; a mean shift). A
-top-down net, the same at every column (a neural field), must then draw the column's 4x4
-patch from its island's class code and the column's place relative to the island's centre.
-One island per object explains every part of it from the object's template; an island over two
-touching objects cannot, because their pairing, gap and heights are random; an island per
-column is averaged away by its neighbours. Trained end to end (through the island rounds,
-like glom-parts' mode=paper), not yet by local objectives.
+objects: a vote density has no notion of an object. Here the votes must also pass GLOM's
+top-down, generative check. Every column votes, with no labels and no position input, for an
+object: a class code (softmax over `k`) and a centre (its place plus an offset of at most 12
+px). The votes settle into islands by GLOM's attention with no learned weights: `iters`
+rounds of each vote moving to the similarity-weighted mean of its image's foreground votes
+(Gaussian in the centre, `sigma` pixels, plus `beta` times the codes' dot product; a mean
+shift). A top-down net, the same at every column (a neural field), then draws the column's
+4x4 patch from its island's code and the column's place relative to the island's centre.
+The loss is the drawing's cross-entropy plus `density` x glom_votes.py's vote density with
+`lam` x the squared offset. Measured (docs/glom.md, fifteenth session): drawing alone keeps private
+votes, density alone merges the two objects, and together at lam 0.01 the islands are objects
+or parts. Trained end to end (through the island rounds, like glom-parts' mode=paper), not
+yet by local objectives.
 
-    python scripts/glom_generative.py AMBIGUITY STEPS [--k 4 --sigma 4 --beta 2 --iters 3]
+    python scripts/glom_generative.py AMBIGUITY STEPS --density 0.1 --lam 0.01 [--seed S] --out D
+    python scripts/glom_generative.py AMBIGUITY 1 --measure D/NET.pt [--picture F.png]
 
-Measured on glom-parts' 96 touching-layout test images of one ambiguity (seed 999, as
-glom_votes.py): islands by average linkage on the settled votes (centre in pixels, class code
-times `beta`), ARI against the true objects and parts, at several distance cuts. Prints
-progress lines, then one JSON line.
+While training: ARIs on 96 touching-layout images of seed 999 (as glom_votes.py), islands by
+average linkage on the settled votes (centre in pixels, code times `beta` x 12), at cuts of
+2 / 4 / 8 pixels. At the end (and with --measure): the same on glom-parts' own validation and
+test images of that ambiguity, each cut chosen on the validation images, beside the recipe's
+position-alone baseline (`final_measure`). Prints progress lines, then one JSON line.
 """
 
 from __future__ import annotations
@@ -108,28 +111,12 @@ def forward(vnet: torch.nn.Module, batch: PartsBatch, fg: torch.Tensor, cent: to
 
 
 def reconstruction(fnet: torch.nn.Module, centre: torch.Tensor, code: torch.Tensor,
-                   images: torch.Tensor, fg: torch.Tensor, cent: torch.Tensor, window: int
-                   ) -> torch.Tensor:
-    """Mean BCE of the field's drawing from each foreground column's island: its own patch
-    (window 0), or every patch of the (2 window + 1)^2 columns around the island's centre,
-    each from its place relative to that centre (the island must draw its whole object)."""
-    target = patches(images)                                         # B, columns, 16
-    if window == 0:
-        rel = (cent - centre) / REACH
-        return F.binary_cross_entropy_with_logits(fnet(torch.cat([code, rel], -1))[fg],
-                                                  target[fg])
-    gh, gw = H // P, W // P
-    d = torch.arange(-window, window + 1)
-    dy, dx = (g.reshape(-1) for g in torch.meshgrid(d, d, indexing="ij"))    # K offsets
-    gx = (centre[..., 0] / P).floor().long().clamp(0, gw - 1)[..., None] + dx  # B, C, K
-    gy = (centre[..., 1] / P).floor().long().clamp(0, gh - 1)[..., None] + dy
-    valid = (gx >= 0) & (gx < gw) & (gy >= 0) & (gy < gh) & fg[..., None]
-    m = gy.clamp(0, gh - 1) * gw + gx.clamp(0, gw - 1)                      # B, C, K
-    rel = (cent[m] - centre[:, :, None]) / REACH                            # B, C, K, 2
-    codes = code[:, :, None].expand(-1, -1, len(dx), -1)
-    logits = fnet(torch.cat([codes, rel], -1))                              # B, C, K, 16
-    tgt = torch.gather(target, 1, m.flatten(1)[..., None].expand(-1, -1, P * P))
-    return F.binary_cross_entropy_with_logits(logits[valid], tgt.view_as(logits)[valid])
+                   images: torch.Tensor, fg: torch.Tensor, cent: torch.Tensor) -> torch.Tensor:
+    """Mean BCE of the field's drawing of every foreground column's own patch from its
+    island's code and its place relative to the island's centre."""
+    rel = (cent - centre) / REACH
+    return F.binary_cross_entropy_with_logits(fnet(torch.cat([code, rel], -1))[fg],
+                                              patches(images)[fg])
 
 
 def class_accuracy(code: torch.Tensor, classes: torch.Tensor) -> float:
@@ -158,7 +145,7 @@ def final_measure(vnet: torch.nn.Module, fnet: torch.nn.Module, cent: torch.Tens
         obj, part = column_ids(b.object_ids, P), column_ids(b.part_ids, P)
         with torch.no_grad():
             votes, c, code = forward(vnet, b, obj > 0, cent, a)
-            rec = reconstruction(fnet, c, code, b.images, obj > 0, cent, a.window).item()
+            rec = reconstruction(fnet, c, code, b.images, obj > 0, cent).item()
         sets[name] = (b, obj, part, c, code, rec, votes)
     for emb_name, emb in (("centre_code", lambda c, code: torch.cat([c, a.beta * REACH * code],
                                                                       -1)),
@@ -245,9 +232,6 @@ def main() -> None:
     ap.add_argument("--train-layout", default="touching", choices=("touching", "strips"),
                     help="the training images' layout (the test images are always touching)")
     ap.add_argument("--init", type=Path, help="start from this script's saved nets")
-    ap.add_argument("--window", type=int, default=0,
-                    help="draw the (2 window + 1)^2 columns around each island's centre, "
-                         "not only the column's own patch")
     ap.add_argument("--no-field", action="store_true",
                     help="the ablation: the density (and lam) terms alone, no drawing")
     ap.add_argument("--ramp", action="store_true", help="density weight from 0 up to --density")
@@ -281,7 +265,7 @@ def main() -> None:
         with torch.no_grad():
             fg = obj > 0
             _, c, code = forward(vnet, test, fg, cent, a)
-            rec = reconstruction(fnet, c, code, test.images, fg, cent, a.window).item()
+            rec = reconstruction(fnet, c, code, test.images, fg, cent).item()
             return measure(torch.cat([c, a.beta * REACH * code], -1), obj, part, cuts), rec
 
     untrained, rec0 = test_islands()
@@ -291,7 +275,7 @@ def main() -> None:
         b = make_parts(a.batch, 1000 + step, a.ambiguity, layout=a.train_layout)
         fg = column_ids(b.object_ids, P) > 0
         votes, centre, code = forward(vnet, b, fg, cent, a, a.noise)
-        loss = reconstruction(fnet, centre, code, b.images, fg, cent, a.window) \
+        loss = reconstruction(fnet, centre, code, b.images, fg, cent) \
             if not a.no_field else torch.zeros(())
         if a.density:  # pull each vote towards its image's other votes (glom_votes.py's loss)
             weight = a.density * (step / a.steps if a.ramp else 1.0)
@@ -305,7 +289,7 @@ def main() -> None:
                   flush=True)
     a.out.mkdir(parents=True, exist_ok=True)
     tag = (f"{a.ambiguity}_k{a.k}_s{a.sigma}_b{a.beta}_i{a.iters}_d{a.density}"
-           f"{'r' if a.ramp else ''}_n{a.noise}_l{a.lam}_w{a.window}{'_oracle' if a.oracle else ''}"
+           f"{'r' if a.ramp else ''}_n{a.noise}_l{a.lam}{'_oracle' if a.oracle else ''}"
            f"_{a.train_layout}{'_init' if a.init else ''}"
            f"{'_nofield' if a.no_field else ''}_seed{a.seed}")
     torch.save({"vote": vnet.state_dict(), "field": fnet.state_dict()},
