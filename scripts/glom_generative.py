@@ -32,6 +32,7 @@ import itertools
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,11 +56,12 @@ def vote_net(k: int) -> torch.nn.Module:
         torch.nn.Conv2d(64, 2 + k, 1))
 
 
-def field_net(k: int) -> torch.nn.Module:
-    """Top-down neural field: (class code k, relative place 2) -> the patch's 16 pixel logits."""
+def field_net(k: int, out: int = P * P) -> torch.nn.Module:
+    """Top-down neural field: (class code k, relative place 2) -> the patch's 16 pixel logits
+    (or, with `--below`, the level below's settled code and centre offset: k + 2 numbers)."""
     return torch.nn.Sequential(torch.nn.Linear(k + 2, 128), torch.nn.ReLU(),
                                torch.nn.Linear(128, 128), torch.nn.ReLU(),
-                               torch.nn.Linear(128, P * P))
+                               torch.nn.Linear(128, out))
 
 
 def patches(images: torch.Tensor) -> torch.Tensor:
@@ -119,6 +121,29 @@ def reconstruction(fnet: torch.nn.Module, centre: torch.Tensor, code: torch.Tens
                                               patches(images)[fg])
 
 
+def drawer(a: argparse.Namespace, cent: torch.Tensor) -> Any:
+    """The drawing loss (fnet, centre, code, batch, fg) -> scalar: the column's own patch, or
+    with `a.below` (a saved net of this script, frozen: the level below, e.g. parts) the level
+    below's settled state at the column, its code and its island's centre relative to the
+    column, by mean squared error. The level below learns nothing from this loss."""
+    if not a.below:
+        return lambda fnet, centre, code, batch, fg: reconstruction(
+            fnet, centre, code, batch.images, fg, cent)
+    below = vote_net(a.k)
+    below.load_state_dict(torch.load(a.below)["vote"])
+    below.requires_grad_(False)
+    plain = argparse.Namespace(**{**vars(a), "oracle": False})
+
+    def draw(fnet: torch.nn.Module, centre: torch.Tensor, code: torch.Tensor,
+             batch: PartsBatch, fg: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            _, c_below, code_below = forward(below, batch, fg, cent, plain)
+            target = torch.cat([code_below, (c_below - cent) / REACH], -1)
+        pred = fnet(torch.cat([code, (cent - centre) / REACH], -1))
+        return F.mse_loss(pred[fg], target[fg])
+    return draw
+
+
 def class_accuracy(code: torch.Tensor, classes: torch.Tensor) -> float:
     """Foreground columns whose code's largest entry names their object's class, under the
     best one-to-one naming of code entries (no labels were used to learn the codes)."""
@@ -129,7 +154,7 @@ def class_accuracy(code: torch.Tensor, classes: torch.Tensor) -> float:
 
 
 def final_measure(vnet: torch.nn.Module, fnet: torch.nn.Module, cent: torch.Tensor,
-                  a: argparse.Namespace) -> dict:
+                  a: argparse.Namespace, draw: Any) -> dict:
     """On glom-parts' own validation and test images of this ambiguity (the recipe's seeds
     and counts, so beside its records and its position baseline): islands of the settled
     (centre, code) and of the centre alone, each cut chosen on the validation images, object
@@ -145,7 +170,7 @@ def final_measure(vnet: torch.nn.Module, fnet: torch.nn.Module, cent: torch.Tens
         obj, part = column_ids(b.object_ids, P), column_ids(b.part_ids, P)
         with torch.no_grad():
             votes, c, code = forward(vnet, b, obj > 0, cent, a)
-            rec = reconstruction(fnet, c, code, b.images, obj > 0, cent).item()
+            rec = draw(fnet, c, code, b, obj > 0).item()
         sets[name] = (b, obj, part, c, code, rec, votes)
     for emb_name, emb in (("centre_code", lambda c, code: torch.cat([c, a.beta * REACH * code],
                                                                       -1)),
@@ -232,6 +257,9 @@ def main() -> None:
     ap.add_argument("--train-layout", default="touching", choices=("touching", "strips"),
                     help="the training images' layout (the test images are always touching)")
     ap.add_argument("--init", type=Path, help="start from this script's saved nets")
+    ap.add_argument("--below", type=Path,
+                    help="a second level: draw this saved (frozen) net's settled votes, "
+                         "not pixels")
     ap.add_argument("--no-field", action="store_true",
                     help="the ablation: the density (and lam) terms alone, no drawing")
     ap.add_argument("--ramp", action="store_true", help="density weight from 0 up to --density")
@@ -245,7 +273,9 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(a.seed)
-    vnet, fnet, cent = vote_net(a.k), field_net(a.k), patch_centres()
+    vnet, cent = vote_net(a.k), patch_centres()
+    fnet = field_net(a.k, a.k + 2 if a.below else P * P)
+    draw = drawer(a, cent)
     if a.init:
         saved = torch.load(a.init)
         vnet.load_state_dict(saved["vote"])
@@ -254,7 +284,7 @@ def main() -> None:
         saved = torch.load(a.measure)
         vnet.load_state_dict(saved["vote"])
         fnet.load_state_dict(saved["field"])
-        print(json.dumps({"measured": str(a.measure), **final_measure(vnet, fnet, cent, a)}))
+        print(json.dumps({"measured": str(a.measure), **final_measure(vnet, fnet, cent, a, draw)}))
         return
     opt = torch.optim.Adam([*vnet.parameters(), *fnet.parameters()], a.lr)
     test = make_parts(96, 999, a.ambiguity, layout="touching")
@@ -265,7 +295,7 @@ def main() -> None:
         with torch.no_grad():
             fg = obj > 0
             _, c, code = forward(vnet, test, fg, cent, a)
-            rec = reconstruction(fnet, c, code, test.images, fg, cent).item()
+            rec = draw(fnet, c, code, test, fg).item()
             return measure(torch.cat([c, a.beta * REACH * code], -1), obj, part, cuts), rec
 
     untrained, rec0 = test_islands()
@@ -275,7 +305,7 @@ def main() -> None:
         b = make_parts(a.batch, 1000 + step, a.ambiguity, layout=a.train_layout)
         fg = column_ids(b.object_ids, P) > 0
         votes, centre, code = forward(vnet, b, fg, cent, a, a.noise)
-        loss = reconstruction(fnet, centre, code, b.images, fg, cent) \
+        loss = draw(fnet, centre, code, b, fg) \
             if not a.no_field else torch.zeros(())
         if a.density:  # pull each vote towards its image's other votes (glom_votes.py's loss)
             weight = a.density * (step / a.steps if a.ramp else 1.0)
@@ -290,7 +320,7 @@ def main() -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     tag = (f"{a.ambiguity}_k{a.k}_s{a.sigma}_b{a.beta}_i{a.iters}_d{a.density}"
            f"{'r' if a.ramp else ''}_n{a.noise}_l{a.lam}{'_oracle' if a.oracle else ''}"
-           f"_{a.train_layout}{'_init' if a.init else ''}"
+           f"_{a.train_layout}{'_init' if a.init else ''}{'_above' if a.below else ''}"
            f"{'_nofield' if a.no_field else ''}_seed{a.seed}")
     torch.save({"vote": vnet.state_dict(), "field": fnet.state_dict()},
                a.out / f"glom_generative_{tag}.pt")
@@ -300,7 +330,7 @@ def main() -> None:
     print(json.dumps({**settings, "seconds": round(time.time() - t0, 1),
                       "untrained": untrained, "untrained_recon_bce": round(rec0, 4),
                       "trained": trained, "recon_bce": round(rec, 4),
-                      "recipe_images": final_measure(vnet, fnet, cent, a)}))
+                      "recipe_images": final_measure(vnet, fnet, cent, a, draw)}))
 
 
 if __name__ == "__main__":
