@@ -12,10 +12,14 @@ shift). A top-down net, the same at every column (a neural field), then draws th
 The loss is the drawing's cross-entropy plus `density` x glom_votes.py's vote density with
 `lam` x the squared offset. Measured (docs/glom.md, fifteenth session): drawing alone keeps private
 votes, density alone merges the two objects, and together at lam 0.01 the islands are objects
-or parts. Trained end to end (through the island rounds, like glom-parts' mode=paper), not
-yet by local objectives.
+or parts. With `--below PARTS.pt` a second level learns on top of a saved (frozen) part-level
+net: its field draws the part level's settled votes at each column (code, and centre
+relative to the column) instead of pixels, and its islands are objects. Each level is trained
+end to end (through its island rounds, like glom-parts' mode=paper), not yet by local
+objectives.
 
     python scripts/glom_generative.py AMBIGUITY STEPS --density 0.1 --lam 0.01 [--seed S] --out D
+    python scripts/glom_generative.py AMB STEPS --density 0.01 --lam 0.01 --below PARTS.pt --out D
     python scripts/glom_generative.py AMBIGUITY 1 --measure D/NET.pt [--picture F.png]
 
 While training: ARIs on 96 touching-layout images of seed 999 (as glom_votes.py), islands by
