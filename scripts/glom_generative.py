@@ -20,7 +20,8 @@ objectives.
 
     python scripts/glom_generative.py AMBIGUITY STEPS --density 0.1 --lam 0.01 [--seed S] --out D
     python scripts/glom_generative.py AMB STEPS --density 0.01 --lam 0.01 --below PARTS.pt --out D
-    python scripts/glom_generative.py AMBIGUITY 1 --measure D/NET.pt [--picture F.png]
+    python scripts/glom_generative.py AMBIGUITY 1 --measure D/NET.pt [--picture F.png]  # and
+                                                      # the same --below for a second level
 
 While training: ARIs on 96 touching-layout images of seed 999 (as glom_votes.py), islands by
 average linkage on the settled votes (centre in pixels, code times `beta` x 12), at cuts of
@@ -148,6 +149,12 @@ def drawer(a: argparse.Namespace, cent: torch.Tensor) -> Any:
     return draw
 
 
+def embedding(centre: torch.Tensor, code: torch.Tensor, beta: float) -> torch.Tensor:
+    """What the islands are clustered on: the settled centre (pixels) beside the code, scaled
+    so that codes as far apart as they can be sit beta x REACH pixels apart."""
+    return torch.cat([centre, beta * REACH * code], -1)
+
+
 def class_accuracy(code: torch.Tensor, classes: torch.Tensor) -> float:
     """Foreground columns whose code's largest entry names their object's class, under the
     best one-to-one naming of code entries (no labels were used to learn the codes)."""
@@ -176,8 +183,7 @@ def final_measure(vnet: torch.nn.Module, fnet: torch.nn.Module, cent: torch.Tens
             votes, c, code = forward(vnet, b, obj > 0, cent, a)
             rec = draw(fnet, c, code, b, obj > 0).item()
         sets[name] = (b, obj, part, c, code, rec, votes)
-    for emb_name, emb in (("centre_code", lambda c, code: torch.cat([c, a.beta * REACH * code],
-                                                                      -1)),
+    for emb_name, emb in (("centre_code", lambda c, code: embedding(c, code, a.beta)),
                           ("centre", lambda c, code: c)):
         _, vo, vp, vc, vcode, _, _ = sets["val"]
         val = measure(emb(vc, vcode), vo, vp, cuts)
@@ -280,14 +286,11 @@ def main() -> None:
     vnet, cent = vote_net(a.k), patch_centres()
     fnet = field_net(a.k, a.k + 2 if a.below else P * P)
     draw = drawer(a, cent)
-    if a.init:
-        saved = torch.load(a.init)
+    if a.measure or a.init:
+        saved = torch.load(a.measure or a.init)
         vnet.load_state_dict(saved["vote"])
         fnet.load_state_dict(saved["field"])
     if a.measure:
-        saved = torch.load(a.measure)
-        vnet.load_state_dict(saved["vote"])
-        fnet.load_state_dict(saved["field"])
         print(json.dumps({"measured": str(a.measure), **final_measure(vnet, fnet, cent, a, draw)}))
         return
     opt = torch.optim.Adam([*vnet.parameters(), *fnet.parameters()], a.lr)
@@ -300,7 +303,7 @@ def main() -> None:
             fg = obj > 0
             _, c, code = forward(vnet, test, fg, cent, a)
             rec = draw(fnet, c, code, test, fg).item()
-            return measure(torch.cat([c, a.beta * REACH * code], -1), obj, part, cuts), rec
+            return measure(embedding(c, code, a.beta), obj, part, cuts), rec
 
     untrained, rec0 = test_islands()
     print("untrained", round(rec0, 4), untrained, flush=True)
