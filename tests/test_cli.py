@@ -203,6 +203,32 @@ def test_glom_parts_recipe_writes_aris_classification_baseline_and_pictures(tmp_
     assert all((out / f).stat().st_size > 0 for f in res["figures"])
 
 
+def test_glom_parts_votes_recipe_writes_levels_and_resumes(tmp_path):
+    """`mortal run glom-parts-votes`, shrunk: both levels' ARIs, classification, the baseline
+    and a picture per ambiguity; a resumed finished run retrains nothing and says the same."""
+    out = tmp_path / "votes"
+    args = ("run", "glom-parts-votes", "--set", "epochs=1", "--set", "steps_per_epoch=3",
+            "--set", "batch_size=4", "--set", "ambiguities=0,0.8", "--set", "n_val=4",
+            "--set", "n_test=6", "--set", "n_probe_train=16", "--set", "probe_epochs=5",
+            "--set", "n_pictures=2", "--out", str(out), "--quiet")
+    r = mortal(*args)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((out / "results.json").read_text())
+    for a in ("0", "0.8"):
+        ev = res["per_ambiguity"][a]
+        assert len(ev["part_ari_per_level"]) == len(ev["object_ari_per_level"]) == 2
+        assert len(ev["classification_accuracy_pct_per_level"]) == 2
+        assert a in res["untrained_per_ambiguity"] and a in res["position_baseline_per_ambiguity"]
+        assert (out / "stages" / f"amb{a}-level1" / "level.safetensors").exists()
+    assert res["figures"] == ["islands_amb0.png", "islands_amb0.8.png"]
+    assert "position alone (no net)" in (out / "table.md").read_text()
+    r2 = mortal(*args, "--resume")
+    assert r2.returncode == 0, r2.stderr
+    again = json.loads((out / "results.json").read_text())
+    assert again["per_ambiguity"] == res["per_ambiguity"]
+    assert again["train_seconds"] == res["train_seconds"]
+
+
 def _mnist_copy(tmp_path: Path) -> Path:
     d = tmp_path / "mnist"
     shutil.copytree(SHARED_DATA / "mnist", d)

@@ -75,6 +75,7 @@ def _load_all() -> None:
         glom_fashion,
         glom_mnist,
         glom_parts,
+        glom_parts_votes,
         grbm_mnist,
         mortal_device_mnist,
         mortal_transfer_mnist,
