@@ -98,3 +98,26 @@ def test_a_part_level_learns_parts_in_seconds():
                      lam=0.03, lr=1e-3, log_every=50, progress=False)
     after = recipe.mean_ari(recipe.settled(level, test.images, fg)[1], part, 2.0)[0]
     assert before < 0.8 and after > 0.85, (before, after)
+
+
+def test_draw_loss_pixels_and_the_level_below():
+    """A field drawing 16 + 6 numbers is scored on the pixels (cross-entropy, first 16) plus
+    the level below's summary (squared error, last 6); one drawing 6 on the summary alone;
+    any other size is an error that names the sizes it expects."""
+    import pytest
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    b = make_parts(2, 3, 0.5, layout="touching")
+    fg = column_ids(b.object_ids, PATCH) > 0
+    target = torch.randn(2, 192, 6)
+    both, below_only = VoteLevel((48, 64), draws=22), VoteLevel((48, 64), draws=6)
+    for level, want in ((both, lambda d: F.binary_cross_entropy_with_logits(
+                            d[..., :16][fg], patches(b.images)[fg])
+                            + F.mse_loss(d[..., 16:][fg], target[fg])),
+                        (below_only, lambda d: F.mse_loss(d[fg], target[fg]))):
+        _, centre, code = level(b.images, fg)
+        got = rule.draw_loss(level, centre, code, fg, b.images, target)
+        assert torch.allclose(got, want(level.draw(centre, code)))
+    with pytest.raises(ValueError, match="expected 6 .* or 22"):
+        rule.draw_loss(VoteLevel((48, 64), draws=16), centre, code, fg, b.images, target)

@@ -60,12 +60,20 @@ def settle(centre: torch.Tensor, code: torch.Tensor, fg: torch.Tensor, rounds: i
     """GLOM's attention, `rounds` times: (B, N, 2) centres and (B, N, k) codes each become the
     mean over the image's foreground columns (fg (B, N) bool) with weights
     softmax_j(-|c_i - c_j|^2 / 2 sigma^2 + beta code_i . code_j)."""
+    return settle_rounds(centre, code, fg, rounds, sigma, beta)[-1]
+
+
+def settle_rounds(centre: torch.Tensor, code: torch.Tensor, fg: torch.Tensor, rounds: int,
+                  sigma: float, beta: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`settle`, keeping every round's (centre, code): rounds + 1 pairs, the votes first."""
+    out = [(centre, code)]
     for _ in range(rounds):
         logits = -torch.cdist(centre, centre).pow(2) / (2 * sigma**2) \
             + beta * code @ code.transpose(1, 2)
         a = torch.softmax(logits.masked_fill(~fg[:, None, :], -1e9), 2)
         centre, code = a @ centre, a @ code
-    return centre, code
+        out.append((centre, code))
+    return out
 
 
 class VoteLevel(nn.Module):

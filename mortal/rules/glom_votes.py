@@ -3,7 +3,8 @@
 The loss of one level, per foreground column i of an image, averaged:
   draw     the field's drawing of the column from its island (code, place relative to the
            island's centre) against what is there: the column's pixels (cross-entropy) for
-           the lowest level, the frozen level below's settled vote (squared error) above it
+           the lowest level; above it the frozen level below's settled vote (squared error)
+           and, if the field has room for them, the pixels too
   density  `density` x (lam |offset_i|^2 - log sum_j exp(-|v_i - v_j|^2 / 2 s^2)), j over the
            image's other foreground columns: a vote is cheap where many others vote, and
            `lam` is a prior on how far from itself a column may vote (the size of a whole)
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from mortal.arch.glom_votes import VoteLevel, patches
+from mortal.arch.glom_votes import PATCH, VoteLevel, patches
 from mortal.runs import check_finite
 
 
@@ -45,12 +46,21 @@ def vote_density(votes: torch.Tensor, fg: torch.Tensor, centres: torch.Tensor, s
 
 def draw_loss(level: VoteLevel, centre: torch.Tensor, code: torch.Tensor, fg: torch.Tensor,
               images: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
-    """The drawing's error on the foreground columns: pixels by cross-entropy when `target`
-    is None, else the level below's summary (B, N, k + 2) by mean squared error."""
+    """The drawing's error on the foreground columns. With `target` None the field draws the
+    column's pixels (cross-entropy); else the level below's summary (B, N, k + 2), by mean
+    squared error, and also the pixels when the field draws 16 + k + 2 numbers (pixels first)."""
     drawn = level.draw(centre, code)[fg]
-    if target is None:
-        return F.binary_cross_entropy_with_logits(drawn, patches(images)[fg])
-    return F.mse_loss(drawn, target[fg])
+    n_pix = PATCH * PATCH
+    n_target = 0 if target is None else target.shape[-1]
+    if drawn.shape[-1] not in (n_target, n_pix + n_target):
+        raise ValueError(f"the field draws {drawn.shape[-1]} numbers per column: expected "
+                         f"{n_target} (the level below) or {n_pix + n_target} (pixels too)")
+    loss = drawn.new_zeros(())
+    if drawn.shape[-1] > n_target:
+        loss = F.binary_cross_entropy_with_logits(drawn[:, :n_pix], patches(images)[fg])
+    if target is not None:
+        loss = loss + F.mse_loss(drawn[:, -n_target:], target[fg])
+    return loss
 
 
 def below_target(below: VoteLevel | None, images: torch.Tensor, fg: torch.Tensor
