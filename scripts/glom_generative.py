@@ -39,52 +39,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from glom_votes import H, P, W, measure, patch_centres, vote_loss
 
+from mortal.arch.glom_votes import field_net, patches, settle, vote_net
 from mortal.data.parts import PartsBatch, column_classes, column_ids, make_parts
 from mortal.recipes import glom_parts
+from mortal.recipes.glom_parts_votes import label_panel
 
 REACH = 12.0  # pixels: an object's half size; offsets and relative places are in these units
-
-
-def vote_net(k: int) -> torch.nn.Module:
-    """(B, 1, H, W) images -> (B, 2 + k, H/4, W/4): each patch's offset and class logits
-    (receptive field 33 pixels, no position input, zero padding)."""
-    return torch.nn.Sequential(
-        torch.nn.Conv2d(1, 32, 5, padding=2), torch.nn.ReLU(),
-        torch.nn.Conv2d(32, 64, 5, padding=2, stride=2), torch.nn.ReLU(),
-        torch.nn.Conv2d(64, 64, 5, padding=2, stride=2), torch.nn.ReLU(),
-        torch.nn.Conv2d(64, 64, 5, padding=2), torch.nn.ReLU(),
-        torch.nn.Conv2d(64, 2 + k, 1))
-
-
-def field_net(k: int, out: int = P * P) -> torch.nn.Module:
-    """Top-down neural field: (class code k, relative place 2) -> the patch's 16 pixel logits
-    (or, with `--below`, the level below's settled code and centre offset: k + 2 numbers)."""
-    return torch.nn.Sequential(torch.nn.Linear(k + 2, 128), torch.nn.ReLU(),
-                               torch.nn.Linear(128, 128), torch.nn.ReLU(),
-                               torch.nn.Linear(128, out))
-
-
-def patches(images: torch.Tensor) -> torch.Tensor:
-    """(B, 1, H, W) -> (B, columns, 16): each 4x4 patch's pixels, columns row-major."""
-    return F.unfold(images, P, stride=P).transpose(1, 2)
-
-
-def settle(centre: torch.Tensor, code: torch.Tensor, fg: torch.Tensor, iters: int,
-           sigma: float, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """GLOM's attention on the object level, `iters` rounds: every column's (centre, code)
-    becomes the weighted mean over its image's foreground columns, weights softmax of
-    -|c_i - c_j|^2 / 2 sigma^2 + beta * code_i . code_j."""
-    for _ in range(iters):
-        logits = -torch.cdist(centre, centre).pow(2) / (2 * sigma**2) \
-            + beta * code @ code.transpose(1, 2)
-        a = torch.softmax(logits.masked_fill(~fg[:, None, :], -1e9), 2)
-        centre, code = a @ centre, a @ code
-    return centre, code
 
 
 def oracle_votes(batch: PartsBatch, cent: torch.Tensor, k: int
@@ -229,10 +193,8 @@ def picture(path: Path, b: PartsBatch, ids: torch.Tensor, votes: torch.Tensor,
         ax.scatter(v[:, 0], v[:, 1], s=4, color="tab:red")
         for ax, truth, title in ((axes[i, 1], ids[i].numpy(), f"true {level}s"),
                                  (axes[i, 2], None, f"islands (votes settled, cut {cut:g} px)")):
-            grid = np.full(len(fg), np.nan)
-            grid[fg] = truth[fg] if truth is not None else islands
-            ax.imshow(grid.reshape(H // P, W // P), cmap="tab10", vmin=0.5, vmax=10.5,
-                      extent=(0, W, H, 0), interpolation="nearest")
+            label_panel(ax, fg, truth[fg] if truth is not None else islands,
+                        (H // P, W // P), (H, W))
             if i == 0:
                 ax.set_title(title, fontsize=9)
         if i == 0:
@@ -284,7 +246,7 @@ def main() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(a.seed)
     vnet, cent = vote_net(a.k), patch_centres()
-    fnet = field_net(a.k, a.k + 2 if a.below else P * P)
+    fnet = field_net(a.k, a.k + 2 if a.below else P * P)  # mortal.arch.glom_votes' nets
     draw = drawer(a, cent)
     if a.measure or a.init:
         saved = torch.load(a.measure or a.init)

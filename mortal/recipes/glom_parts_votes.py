@@ -201,6 +201,16 @@ def evaluate(levels: list[VoteLevel], cfg: Config, amb: float, seed: int,
     return out
 
 
+def label_panel(ax: Any, fg: np.ndarray, labels: np.ndarray, grid: tuple[int, int],
+                image: tuple[int, int]) -> None:
+    """Show labels (one per foreground column, 1..10) as a grid of coloured columns on `ax`,
+    background blank, in the image's pixel coordinates (H, W)."""
+    img = np.full(len(fg), np.nan)
+    img[fg] = labels
+    ax.imshow(img.reshape(grid), cmap="tab10", vmin=0.5, vmax=10.5,
+              extent=(0, image[1], image[0], 0), interpolation="nearest")
+
+
 def picture(path: Any, test: Any, ids: dict[str, torch.Tensor], states: list[tuple],
             cuts: list[float], n: int) -> None:
     """For the first n test images, one row each: the image with every foreground column's
@@ -229,10 +239,7 @@ def picture(path: Any, test: Any, ids: dict[str, torch.Tensor], states: list[tup
             panels += [(ids[what][r].numpy()[fg], f"true {what}s"),
                        (lab + 1, f"level {i} islands (cut {cuts[i]:g} px)")]
         for ax, (labels, title) in zip(axes[r, 1:], panels, strict=True):
-            img = np.full(len(fg), np.nan)
-            img[fg] = labels
-            ax.imshow(img.reshape(grid), cmap="tab10", vmin=0.5, vmax=10.5,
-                      extent=(0, w, h, 0), interpolation="nearest")
+            label_panel(ax, fg, labels, grid, (h, w))
             if r == 0:
                 ax.set_title(title, fontsize=8)
         if r == 0:
