@@ -121,3 +121,13 @@ def test_draw_loss_pixels_and_the_level_below():
         assert torch.allclose(got, want(level.draw(centre, code)))
     with pytest.raises(ValueError, match="expected 6 .* or 22"):
         rule.draw_loss(VoteLevel((48, 64), draws=16), centre, code, fg, b.images, target)
+
+
+def test_islands_and_their_ari_by_hand():
+    """Centres at x = 0, 1 and 10, 12 (y = 0): a 3 px cut makes the two pairs (mean distance 1
+    and 2, the pairs 10.5 apart), a 20 px cut one island. Against ids 1 1 2 2 (with a
+    background column left out) that is ARI 1 with 2 islands, then ARI 0 with 1 island."""
+    centres = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [50.0, 50.0], [10.0, 0.0], [12.0, 0.0]]])
+    ids = torch.tensor([[1, 1, 0, 2, 2]])
+    assert recipe.mean_ari(centres, ids, 3.0) == (1.0, 2.0)
+    assert recipe.mean_ari(centres, ids, 20.0) == (0.0, 1.0)
