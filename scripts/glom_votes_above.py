@@ -1,5 +1,6 @@
 """An object level (mortal.rules.glom_votes) above a saved part-level net of the fifteenth
-session's study (`scripts/glom_generative.py`), measured as glom-parts-votes measures.
+session's study (`scripts/glom_generative.py`) or of a glom-parts-votes run (its
+`stages/amb*-level0/level.safetensors`), measured as glom-parts-votes measures.
 
 Why: the recipe's level 1 copied the parts above some part-level nets. This trains only the
 level above, on a part net known to cause the copy, to compare ways of stopping it:
@@ -27,6 +28,7 @@ from mortal.data.parts import column_ids, make_parts
 from mortal.recipes import glom_parts as gp
 from mortal.recipes import glom_parts_votes as recipe
 from mortal.rules import glom_votes as rule
+from mortal.runs import checkpoint as ckpt
 
 
 class NoRun:
@@ -43,8 +45,12 @@ class NoRun:
 
 
 def load_study_level(path: Path) -> VoteLevel:
-    """A part level from a glom_generative.py checkpoint ({"vote", "field"} state dicts)."""
+    """A part level from a glom_generative.py checkpoint ({"vote", "field"} state dicts), or
+    from a glom-parts-votes stage (stages/amb*-level0/level.safetensors)."""
     level = VoteLevel((48, 64))
+    if path.suffix == ".safetensors":
+        level.load_state_dict(ckpt.load(path)["level"])
+        return level
     saved = torch.load(path)
     level.vote.load_state_dict(saved["vote"])
     level.field.load_state_dict(saved["field"])
