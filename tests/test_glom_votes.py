@@ -131,3 +131,28 @@ def test_islands_and_their_ari_by_hand():
     ids = torch.tensor([[1, 1, 0, 2, 2]])
     assert recipe.mean_ari(centres, ids, 3.0) == (1.0, 2.0)
     assert recipe.mean_ari(centres, ids, 20.0) == (0.0, 1.0)
+
+
+def test_an_interrupted_level_resumes_to_the_same_weights(tmp_path):
+    """train_level for 6 steps in one go, and for 3 steps then resumed to 6 from its
+    checkpoint (a new process would do the same): the same weights, bit for bit."""
+    from mortal.runs import Run
+
+    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        b = make_parts(4, 700 + step, 0.5, layout="touching")
+        return b.images, column_ids(b.object_ids, PATCH) > 0
+
+    def trained(out, steps: int, resume: bool) -> VoteLevel:
+        torch.manual_seed(0)
+        level = VoteLevel((48, 64))
+        run = Run(out, "test", {"a": 1}, resume=resume, quiet=True, record_env=False)
+        rule.train_level(level, None, batch, steps, run, density=0.1, density_sigma=2.0,
+                         lam=0.03, lr=1e-3, log_every=3, progress=False)
+        return level
+
+    whole = trained(tmp_path / "whole", 6, False)
+    trained(tmp_path / "split", 3, False)
+    resumed = trained(tmp_path / "split", 6, True)
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert len((tmp_path / "split" / "metrics.jsonl").read_text().splitlines()) == 2

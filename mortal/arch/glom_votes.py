@@ -113,8 +113,3 @@ class VoteLevel(nn.Module):
         """(B, N, k + 2) what the level above draws of this level at each column: the island's
         code and its centre relative to the column, in units of `reach`."""
         return torch.cat([code, (centre - self.centres) / self.reach], -1)
-
-    def embedding(self, centre: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-        """(B, N, 2 + k) what islands are clustered on: the settled centre (pixels) beside the
-        code, scaled so that codes as different as can be sit beta x reach pixels apart."""
-        return torch.cat([centre, self.beta * self.reach * code], -1)
