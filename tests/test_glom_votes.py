@@ -156,3 +156,14 @@ def test_an_interrupted_level_resumes_to_the_same_weights(tmp_path):
     for a, b in zip(whole.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert len((tmp_path / "split" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_inked_columns_are_the_true_foreground_of_the_parts_world():
+    """The attention's foreground is read from the pixels (>= 25 % ink); in glom-parts' images
+    every inked pixel belongs to an object, so it is exactly the columns the ground truth
+    calls foreground, and the scores on the true ids cover the same columns."""
+    from mortal.arch.glom_votes import inked
+
+    b = make_parts(32, 11, 0.5, layout="touching")
+    assert torch.equal(inked(b.images), column_ids(b.object_ids, PATCH) > 0)
+    assert inked(torch.full((1, 1, 8, 8), 0.25)).all() and not inked(torch.zeros(1, 1, 8, 8)).any()

@@ -55,6 +55,12 @@ def patches(images: torch.Tensor) -> torch.Tensor:
     return F.unfold(images, PATCH, stride=PATCH).transpose(1, 2)
 
 
+def inked(images: torch.Tensor, min_ink: float = 0.25) -> torch.Tensor:
+    """(B, 1, H, W) -> (B, N) bool: the columns with at least `min_ink` of their pixels inked,
+    the foreground the attention runs over (read from the pixels, not from any labels)."""
+    return F.avg_pool2d(images, PATCH).flatten(1) >= min_ink
+
+
 def settle(centre: torch.Tensor, code: torch.Tensor, fg: torch.Tensor, rounds: int,
            sigma: float, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """GLOM's attention, `rounds` times: (B, N, 2) centres and (B, N, k) codes each become the

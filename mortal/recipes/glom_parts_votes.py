@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from mortal.arch.glom_votes import PATCH, VoteLevel, patch_centres, settle_rounds
+from mortal.arch.glom_votes import PATCH, VoteLevel, inked, patch_centres, settle_rounds
 from mortal.config import check
 from mortal.data.parts import column_ids, make_parts
 from mortal.loop import device_of, seed_everything
@@ -154,7 +154,7 @@ def evaluate(levels: list[VoteLevel], cfg: Config, amb: float, seed: int,
             (("val", cfg.n_val, 1), ("test", cfg.n_test, 2), ("probe", cfg.n_probe_train, 3))}
     ids = {name: {w: column_ids(getattr(b, f"{w}_ids"), PATCH) for w in LEVEL_NAMES}
            for name, b in sets.items()}
-    states = {name: [settled(lvl, b.images.to(device), (ids[name]["object"] > 0).to(device))
+    states = {name: [settled(lvl, b.images.to(device), inked(b.images).to(device))
                      for lvl in levels] for name, b in sets.items()}
     out: dict[str, Any] = {}
     for what in LEVEL_NAMES:
@@ -186,7 +186,7 @@ def evaluate(levels: list[VoteLevel], cfg: Config, amb: float, seed: int,
     out["classification_accuracy_pct_all_levels"] = acc[-1]
     out["classification_accuracy_pct"] = acc[-2]  # the top level's
     test = sets["test"]
-    fg = (ids["test"]["object"] > 0).to(device)
+    fg = inked(test.images).to(device)
     with torch.no_grad():
         below = None
         draws = []
@@ -226,7 +226,7 @@ def picture(path: Any, test: Any, ids: dict[str, torch.Tensor], states: list[tup
     cols = 1 + 2 * len(states)
     fig, axes = plt.subplots(n, cols, figsize=(2.6 * cols, 2.1 * n), squeeze=False)
     for r in range(n):
-        fg = (ids["object"][r] > 0).numpy()
+        fg = inked(test.images[r:r + 1])[0].numpy()
         v = states[-1][0][r].numpy()[fg]
         ax = axes[r, 0]
         ax.imshow(test.images[r, 0], cmap="gray_r", extent=(0, w, h, 0))
@@ -266,7 +266,7 @@ def round_pictures(out_dir: Any, stem: str, test: Any, ids: dict[str, torch.Tens
     h, w = test.images.shape[2:]
     own = patch_centres(h, w).numpy()
     images = test.images[:n]
-    fg = ids["object"][:n] > 0
+    fg = inked(images)
     with torch.no_grad():
         hist = [[c.cpu().numpy() for c, _ in settle_rounds(
             *lvl.votes(images.to(lvl.centres.device)), fg.to(lvl.centres.device),
@@ -311,7 +311,7 @@ def train_levels(cfg: Config, run: Any, amb: float, k: int, levels: list[VoteLev
     def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         b = make_parts(cfg.batch_size, 1_000_003 * (cfg.seed + 1) + 7919 * k + step, amb,
                        layout=cfg.layout)
-        return b.images.to(device), (column_ids(b.object_ids, PATCH) > 0).to(device)
+        return b.images.to(device), inked(b.images).to(device)
 
     for i, lvl in enumerate(levels):
         stage = run.stage(f"amb{amb:g}-level{i}")
