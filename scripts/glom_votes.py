@@ -26,8 +26,10 @@ from pathlib import Path
 import torch
 from scipy.cluster.hierarchy import fcluster, linkage
 
+from mortal.arch.glom_votes import patch_centres as arch_centres
 from mortal.data.parts import column_ids, make_parts
 from mortal.rules.glom import adjusted_rand_index
+from mortal.rules.glom_votes import vote_density
 
 P, H, W = 4, 48, 64
 
@@ -45,20 +47,10 @@ def make_net(rf: int) -> torch.nn.Module:
 
 def patch_centres() -> torch.Tensor:
     """(N, 2) the (x, y) pixel centre of every patch, row-major."""
-    gy, gx = torch.meshgrid(torch.arange(H // P) * P + P / 2, torch.arange(W // P) * P + P / 2,
-                            indexing="ij")
-    return torch.stack([gx.reshape(-1), gy.reshape(-1)], 1).float()
+    return arch_centres(H, W)
 
 
-def vote_loss(v: torch.Tensor, fg: torch.Tensor, cent: torch.Tensor, sigma: float,
-              lam: float) -> torch.Tensor:
-    """Mean over foreground columns of lam * |offset|^2 - log sum_j exp(-|v_i - v_j|^2 / 2s^2),
-    j over the image's other foreground columns."""
-    off2 = (v - cent).pow(2).sum(-1)
-    d2 = torch.cdist(v, v).pow(2)
-    mask = fg.unsqueeze(1) & fg.unsqueeze(2) & ~torch.eye(v.shape[1], dtype=torch.bool)
-    dens = torch.logsumexp((-d2 / (2 * sigma**2)).masked_fill(~mask, -1e9), 2)
-    return ((lam * off2 - dens) * fg).sum() / fg.sum()
+vote_loss = vote_density  # lam |offset|^2 - log of the vote's density among its image's votes
 
 
 def measure(votes: torch.Tensor, obj: torch.Tensor, part: torch.Tensor,

@@ -186,17 +186,13 @@ def evaluate(levels: list[VoteLevel], cfg: Config, amb: float, seed: int,
     out["classification_accuracy_pct_all_levels"] = acc[-1]
     out["classification_accuracy_pct"] = acc[-2]  # the top level's
     test = sets["test"]
-    fg = inked(test.images).to(device)
-    with torch.no_grad():
-        below = None
-        draws = []
-        for lvl in levels:
-            _, centre, code = lvl(test.images.to(device), fg)
-            target = rule.below_target(below, test.images.to(device), fg)
-            draws.append(round(float(rule.draw_loss(lvl, centre, code, fg,
-                                                    test.images.to(device), target)), 4))
-            below = lvl
-    out["draw_loss_per_level"] = draws
+    st = [[t.to(device) for t in s] for s in states["test"]]
+    fg, images = inked(test.images).to(device), test.images.to(device)
+    with torch.no_grad():  # from the settled states above: each level draws the one below
+        out["draw_loss_per_level"] = [round(float(rule.draw_loss(
+            lvl, st[i][1], st[i][2], fg, images,
+            levels[i - 1].summary(st[i - 1][1], st[i - 1][2]) if i else None)), 4)
+            for i, lvl in enumerate(levels)]
     out["pictures"] = (test, ids["test"], states["test"])
     return out
 
