@@ -6,9 +6,11 @@ Why: the recipe's level 1 copied the parts above some part-level nets. This trai
 level above, on a part net known to cause the copy, to compare ways of stopping it:
   --sigma       the object level's attention width (GLOM: higher levels attend more widely)
   --draws both  the object level draws the pixels too, beside the part level's islands
+  --pairs across  the density counts only votes shared with columns of other part islands
 
     python scripts/glom_votes_above.py PARTS.pt AMBIGUITY [--sigma 4] [--density 0.01]
-        [--lam 0.01] [--draws parts|both] [--steps 1000] [--seed 0] --out RECORDS.jsonl
+        [--lam 0.01] [--draws parts|both] [--pairs all|across] [--steps 1000] [--seed 0]
+        --out RECORDS.jsonl
 
 Appends one JSON line (settings, then glom_parts_votes.evaluate's measures) to --out.
 """
@@ -65,6 +67,7 @@ def main() -> None:
     ap.add_argument("--density", type=float, default=0.01)
     ap.add_argument("--lam", type=float, default=0.01)
     ap.add_argument("--draws", choices=("parts", "both"), default="parts")
+    ap.add_argument("--pairs", choices=("all", "across"), default="all")
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, required=True)
@@ -81,7 +84,8 @@ def main() -> None:
 
     t0 = time.time()
     rule.train_level(above, below, batch, a.steps, NoRun(), density=a.density,
-                     density_sigma=2.0, lam=a.lam, lr=1e-3, log_every=250, progress=False)
+                     density_sigma=2.0, lam=a.lam, lr=1e-3, across=a.pairs == "across",
+                     log_every=250, progress=False)
     cfg = recipe.Config()
     seed = gp.eval_seed(gp.Config(), cfg.ambiguities.index(a.ambiguity))
     ev = recipe.evaluate([below.eval(), above.eval()], cfg, a.ambiguity, seed,

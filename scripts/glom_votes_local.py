@@ -59,7 +59,8 @@ def density_local(v, fg, cent, sigma, lam):
 
 def step_loss(images, fg, g):
     B, N = fg.shape
-    target = rule.below_target(below, images, fg)
+    st = rule.below_state(below, images, fg)
+    target = None if st is None else below.summary(*st)
     tgt = patches(images) if target is None else target
     out = level.vote(images).flatten(2).transpose(1, 2)
     v = level.centres + level.reach * torch.tanh(out[..., :2])

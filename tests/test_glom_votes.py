@@ -41,6 +41,34 @@ def test_vote_density_by_hand():
     assert torch.allclose(rule.vote_density(votes, fg, centres, 1.0, 0.5), torch.tensor(1.0))
 
 
+def test_vote_density_across_the_islands_below_by_hand():
+    """Columns 0 and 1 share an island below, column 2 is in another. Votes at x = 0, 0, 1,
+    sigma 1, lam 0: the pair (0, 1) does not count, so columns 0 and 1 each have only column
+    2's e^-1/2 (term 0.5) and column 2 has both, log(2 e^-1/2) (term 0.5 - log 2). A level
+    whose islands copy the ones below pays far more than one that spans them."""
+    centres = torch.zeros(3, 2)
+    votes = torch.tensor([[[0.0, 0.0], [0.0, 0.0], [1.0, 0.0]]])
+    below = torch.tensor([[[0.0, 0.0], [0.0, 0.0], [100.0, 0.0]]])
+    fg = torch.ones(1, 3, dtype=torch.bool)
+    got = rule.vote_density(votes, fg, centres, 1.0, 0.0, below)
+    assert torch.allclose(got, torch.tensor((1.5 - math.log(2)) / 3), atol=1e-5)
+    # four columns, two islands below (0, 1 and 2, 3): a copy of them costs about -log 1e-6
+    # (the floor of w) against -log 2 for one island over both; counting every pair, the
+    # copy costs about 0 against -log 3
+    below4 = torch.tensor([[[0.0, 0.0]] * 2 + [[100.0, 0.0]] * 2])
+    copy = torch.tensor([[[0.0, 0.0]] * 2 + [[8.0, 0.0]] * 2])
+    whole = torch.zeros(1, 4, 2)
+    fg4, c4 = torch.ones(1, 4, dtype=torch.bool), torch.zeros(4, 2)
+    assert torch.allclose(rule.vote_density(copy, fg4, c4, 1.0, 0.0, below4),
+                          torch.tensor(-math.log(1e-6)), atol=1e-3)
+    assert torch.allclose(rule.vote_density(whole, fg4, c4, 1.0, 0.0, below4),
+                          torch.tensor(-math.log(2)), atol=1e-5)
+    assert torch.allclose(rule.vote_density(copy, fg4, c4, 1.0, 0.0), torch.tensor(0.0),
+                          atol=1e-5)
+    assert torch.allclose(rule.vote_density(whole, fg4, c4, 1.0, 0.0),
+                          torch.tensor(-math.log(3)), atol=1e-5)
+
+
 def test_patches_and_centres_are_row_major():
     img = torch.arange(64.0).reshape(1, 1, 8, 8)
     p = patches(img)

@@ -7,7 +7,9 @@ GLOM's attention (no learned weights) settles the votes into islands; and a neur
 must draw, from each column's island, what the column holds. Two levels, per ambiguity:
   level 0 (parts)    draws the column's pixels; lam 0.03 keeps its wholes part-sized
   level 1 (objects)  draws level 0's settled vote at each column (level 0 frozen), and the
-                     pixels too (`pixels_above`)
+                     pixels too (`pixels_above`); with `density_pairs=across` its density
+                     counts only votes shared with columns of other part islands, so
+                     copying the parts gains it nothing
 Each level learns end to end through its rounds of attention (mortal.rules.glom_votes); no
 gradient crosses from level 1 into level 0. Labels reach only the classification probe.
 
@@ -27,6 +29,7 @@ animated GIF per image (rounds_amb*).
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -34,7 +37,7 @@ import numpy as np
 import torch
 
 from mortal.arch.glom_votes import PATCH, VoteLevel, inked, patch_centres, settle_rounds
-from mortal.config import check
+from mortal.config import ConfigError, check
 from mortal.data.parts import column_ids, make_parts
 from mortal.loop import device_of, seed_everything
 from mortal.recipes import Recipe, register
@@ -65,6 +68,10 @@ class Config:
     # levels above 0 draw the pixels too, beside the level below: a level that copies the
     # parts below draws them perfectly, the pixels less so (docs/glom.md, sixteenth session)
     pixels_above: bool = True
+    # levels above 0: which pairs of votes the density counts. "across": only pairs in
+    # different islands of the level below, so a level that copies those islands gains
+    # nothing and a whole must span several parts; "all": every pair
+    density_pairs: Literal["all", "across"] = "all"
     density_sigma: float = 2.0
     epochs: int = 4  # per level
     steps_per_epoch: int = 250
@@ -93,6 +100,7 @@ class Config:
               "k >= 1, rounds >= 0, sigma > 0, beta >= 0, reach > 0, density_sigma > 0", p)
         check(self.epochs >= 1 and self.steps_per_epoch >= 1 and self.batch_size >= 1
               and self.lr > 0, "epochs, steps_per_epoch, batch_size >= 1 and lr > 0", p)
+        check(self.density_pairs in ("all", "across"), "density_pairs is all or across", p)
         check(len(self.cuts) > 0 and all(c > 0 for c in self.cuts), "cuts are pixels > 0", p)
         check(self.n_val >= 1 and self.n_test >= 1 and self.n_probe_train >= 8
               and self.probe_epochs >= 1,
@@ -299,6 +307,28 @@ def round_pictures(out_dir: Any, stem: str, test: Any, ids: dict[str, torch.Tens
     return names
 
 
+# keys with one value per level, and keys that shape only the levels above level 0
+PER_LEVEL_KEYS, ABOVE_KEYS = ("density", "lam"), ("density_pairs", "pixels_above")
+
+
+def level_stage(run: Any, cfg: Config, amb: float, i: int) -> Any:
+    """Level i's stage at ambiguity `amb`. It depends on the per-level settings of levels 0..i
+    only (the levels below are frozen inside it), so a stage trained in another run directory
+    with the same settings up to level i, copied into stages/, is taken as it is: a new level 1
+    can be trained above the same level 0."""
+    stage = run.stage(f"amb{amb:g}-level{i}", ignore=PER_LEVEL_KEYS + ABOVE_KEYS)
+    path = stage.dir / "config.json"
+    if path.exists():
+        old = {**RECIPE.before, **json.loads(path.read_text())["config"]}  # keys added since
+        now = vars(cfg)
+        differ = [k for k in PER_LEVEL_KEYS if list(old[k])[:i + 1] != list(now[k])[:i + 1]]
+        differ += [k for k in ABOVE_KEYS if i and old[k] != now[k]]
+        if differ:
+            raise ConfigError(f"cannot resume {stage.dir}: level {i} was trained with other "
+                              f"{', '.join(differ)}. Use the same --set, or a new --out.")
+    return stage
+
+
 def train_levels(cfg: Config, run: Any, amb: float, k: int, levels: list[VoteLevel],
                  device: torch.device) -> list[VoteLevel]:
     """Train `levels` (initial) at the k-th ambiguity, bottom up, in place; each is a
@@ -310,7 +340,7 @@ def train_levels(cfg: Config, run: Any, amb: float, k: int, levels: list[VoteLev
         return b.images.to(device), inked(b.images).to(device)
 
     for i, lvl in enumerate(levels):
-        stage = run.stage(f"amb{amb:g}-level{i}")
+        stage = level_stage(run, cfg, amb, i)
         weights = stage.dir / "level.safetensors"
         if stage.done() is not None and weights.exists():
             lvl.load_state_dict(ckpt.load(weights)["level"])
@@ -318,6 +348,7 @@ def train_levels(cfg: Config, run: Any, amb: float, k: int, levels: list[VoteLev
         out = rule.train_level(lvl, levels[i - 1] if i else None, batch,
                                cfg.epochs * cfg.steps_per_epoch, stage, density=cfg.density[i],
                                density_sigma=cfg.density_sigma, lam=cfg.lam[i], lr=cfg.lr,
+                               across=cfg.density_pairs == "across",
                                log_every=cfg.steps_per_epoch, name=f"ambiguity {amb:g} level {i}",
                                progress=not run.quiet)
         ckpt.save(weights, {"level": lvl.state_dict()})
@@ -384,7 +415,8 @@ def train(cfg: Config, run: Any) -> dict[str, Any]:
 def table(cfg: Config, results: dict[str, dict[str, Any]], baseline: dict[str, Any]) -> str:
     """table.md: per ambiguity, trained and untrained levels beside position alone."""
     lines = [f"Layout: {cfg.layout}. Levels: {len(cfg.density)} (density {cfg.density}, lam "
-             f"{cfg.lam}, levels above 0 draw the pixels too: {cfg.pixels_above}), "
+             f"{cfg.lam}, levels above 0 draw the pixels too: {cfg.pixels_above}, and their "
+             f"density counts {cfg.density_pairs} pairs), "
              f"{cfg.epochs * cfg.steps_per_epoch} steps each, per ambiguity.", "",
              "| nets | ambiguity | part ARI | object ARI | classification, top level (%) | "
              "all levels (%) | eGLOM-lite (%) | part ARI per level | object ARI per level | "
@@ -420,5 +452,7 @@ RECIPE = register(Recipe(
     config=Config,
     train=train,
     notes="paper_test_error_pct: a numpy eGLOM-lite's 99 % at ambiguity 0 (GLOM has none)",
-    before={"pixels_above": False},  # the first run (2026-12-07) drew the parts only
+    # the first run (2026-12-07) drew the parts only; the runs before 2026-12-08 counted
+    # every pair of votes in the density
+    before={"pixels_above": False, "density_pairs": "all"},
 ))

@@ -5,9 +5,13 @@ The loss of one level, per foreground column i of an image, averaged:
            island's centre) against what is there: the column's pixels (cross-entropy) for
            the lowest level; above it the frozen level below's settled vote (squared error)
            and, if the field has room for them, the pixels too
-  density  `density` x (lam |offset_i|^2 - log sum_j exp(-|v_i - v_j|^2 / 2 s^2)), j over the
-           image's other foreground columns: a vote is cheap where many others vote, and
-           `lam` is a prior on how far from itself a column may vote (the size of a whole)
+  density  `density` x (lam |offset_i|^2 - log sum_j w_ij exp(-|v_i - v_j|^2 / 2 s^2)), j over
+           the image's other foreground columns: a vote is cheap where many others vote, and
+           `lam` is a prior on how far from itself a column may vote (the size of a whole).
+           w_ij = 1 ("all"), or, above level 0 with `across`, 1 - exp(-|u_i - u_j|^2 / 2 s^2)
+           with u the level below's settled centres: only votes shared with columns of *other*
+           islands below count, so a whole must span several parts (a parse tree's node has
+           more than one child), and a level that copies the islands below gains nothing
 Measured (docs/glom.md, fifteenth session): drawing alone leaves every column a private
 vote; density alone merges the objects that touch; together, islands are parts or objects
 depending on `lam` and on what is drawn.
@@ -32,15 +36,20 @@ from mortal.runs import check_finite
 
 
 def vote_density(votes: torch.Tensor, fg: torch.Tensor, centres: torch.Tensor, sigma: float,
-                 lam: float) -> torch.Tensor:
-    """Mean over foreground columns of lam |v_i - c_i|^2 - log sum_j exp(-|v_i - v_j|^2 /
+                 lam: float, below: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over foreground columns of lam |v_i - c_i|^2 - log sum_j w_ij exp(-|v_i - v_j|^2 /
     2 sigma^2), j over the same image's other foreground columns. votes (B, N, 2), fg (B, N),
-    centres (N, 2) the columns' own places."""
+    centres (N, 2) the columns' own places. w_ij = 1, or with `below` (B, N, 2), the level
+    below's settled centres, 1 - exp(-|u_i - u_j|^2 / 2 sigma^2): pairs in one island below
+    do not count."""
     off2 = (votes - centres).pow(2).sum(-1)
-    d2 = torch.cdist(votes, votes).pow(2)
+    logits = -torch.cdist(votes, votes).pow(2) / (2 * sigma**2)
+    if below is not None:
+        apart = -torch.expm1(-torch.cdist(below, below).pow(2) / (2 * sigma**2))
+        logits = logits + apart.clamp_min(1e-6).log()
     eye = torch.eye(votes.shape[1], dtype=torch.bool, device=votes.device)
     pair = fg.unsqueeze(1) & fg.unsqueeze(2) & ~eye
-    dens = torch.logsumexp((-d2 / (2 * sigma**2)).masked_fill(~pair, -1e9), 2)
+    dens = torch.logsumexp(logits.masked_fill(~pair, -1e9), 2)
     return ((lam * off2 - dens) * fg).sum() / fg.sum().clamp_min(1)
 
 
@@ -63,31 +72,35 @@ def draw_loss(level: VoteLevel, centre: torch.Tensor, code: torch.Tensor, fg: to
     return loss
 
 
-def below_target(below: VoteLevel | None, images: torch.Tensor, fg: torch.Tensor
-                 ) -> torch.Tensor | None:
-    """What the level above draws: the frozen level below's settled summary, or None (pixels)."""
+def below_state(below: VoteLevel | None, images: torch.Tensor, fg: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The frozen level below's settled (centres, codes), or None for the lowest level."""
     if below is None:
         return None
     with torch.no_grad():
         _, centre, code = below(images, fg)
-        return below.summary(centre, code)
+        return centre, code
 
 
 def level_loss(level: VoteLevel, below: VoteLevel | None, images: torch.Tensor,
-               fg: torch.Tensor, density: float, density_sigma: float, lam: float
-               ) -> dict[str, torch.Tensor]:
-    """The loss terms of one batch: draw, density and their total ("loss")."""
+               fg: torch.Tensor, density: float, density_sigma: float, lam: float,
+               across: bool = False) -> dict[str, torch.Tensor]:
+    """The loss terms of one batch: draw, density and their total ("loss"). With `across`,
+    the density counts only votes shared across the level below's islands."""
     votes, centre, code = level(images, fg)
-    draw = draw_loss(level, centre, code, fg, images, below_target(below, images, fg))
-    dens = vote_density(votes, fg, level.centres, density_sigma, lam)
+    st = below_state(below, images, fg)
+    target = None if st is None or below is None else below.summary(*st)
+    draw = draw_loss(level, centre, code, fg, images, target)
+    dens = vote_density(votes, fg, level.centres, density_sigma, lam,
+                        st[0] if across and st is not None else None)
     return {"loss": draw + density * dens, "draw": draw, "density": dens}
 
 
 def train_level(level: VoteLevel, below: VoteLevel | None,
                 batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]], steps: int, run: Any,
                 *, density: float, density_sigma: float, lam: float, lr: float,
-                log_every: int = 250, name: str = "level", progress: bool = True
-                ) -> dict[str, float]:
+                across: bool = False, log_every: int = 250, name: str = "level",
+                progress: bool = True) -> dict[str, float]:
     """Adam on `level` for `steps` steps of `batch(step) -> (images, fg)`; the mean loss terms
     logged and the level checkpointed every `log_every` steps, so a killed run resumes where
     it stopped (`run.resume_state`). `below` is frozen."""
@@ -104,7 +117,7 @@ def train_level(level: VoteLevel, below: VoteLevel | None,
     for step in bar:
         with run.timed():
             images, fg = batch(step)
-            terms = level_loss(level, below, images, fg, density, density_sigma, lam)
+            terms = level_loss(level, below, images, fg, density, density_sigma, lam, across)
             opt.zero_grad()
             terms["loss"].backward()
             opt.step()
