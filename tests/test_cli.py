@@ -232,12 +232,13 @@ def test_glom_parts_votes_recipe_writes_levels_and_resumes(tmp_path):
     assert again["train_seconds"] == res["train_seconds"]
     # a new level 1 above the same level 0: its stages copied into a new run, which keeps
     # them when only level 1's settings differ and refuses them when level 0's differ
-    for name, level1, ok in (("new1", "0.1,0.02", True), ("new0", "0.2,0.05", False)):
+    for name, density, pairs, ok in (("new1", "0.1,0.05", "all", True),
+                                     ("new0", "0.2,0.02", "across", False)):
         d = tmp_path / name
         for a in ("0", "0.8"):
             shutil.copytree(out / "stages" / f"amb{a}-level0", d / "stages" / f"amb{a}-level0")
         args2 = [str(d) if x == str(out) else x for x in args]
-        r3 = mortal(*args2, "--set", f"density={level1}", "--set", "density_pairs=across",
+        r3 = mortal(*args2, "--set", f"density={density}", "--set", f"density_pairs={pairs}",
                     "--resume")
         if ok:
             assert r3.returncode == 0, r3.stderr

@@ -69,6 +69,12 @@ def test_vote_density_across_the_islands_below_by_hand():
                           torch.tensor(-math.log(3)), atol=1e-5)
 
 
+def test_density_ramp():
+    assert [rule.ramped(0.02, s, 4) for s in (0, 1, 3, 4, 100)] == [0.005, 0.01, 0.02, 0.02,
+                                                                    0.02]
+    assert rule.ramped(0.02, 0, 0) == 0.02
+
+
 def test_patches_and_centres_are_row_major():
     img = torch.arange(64.0).reshape(1, 1, 8, 8)
     p = patches(img)

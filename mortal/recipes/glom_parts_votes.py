@@ -7,8 +7,8 @@ GLOM's attention (no learned weights) settles the votes into islands; and a neur
 must draw, from each column's island, what the column holds. Two levels, per ambiguity:
   level 0 (parts)    draws the column's pixels; lam 0.03 keeps its wholes part-sized
   level 1 (objects)  draws level 0's settled vote at each column (level 0 frozen), and the
-                     pixels too (`pixels_above`); with `density_pairs=across` its density
-                     counts only votes shared with columns of other part islands, so
+                     pixels too (`pixels_above`); its density counts only votes shared
+                     with columns of other part islands (`density_pairs=across`), so
                      copying the parts gains it nothing
 Each level learns end to end through its rounds of attention (mortal.rules.glom_votes); no
 gradient crosses from level 1 into level 0. Labels reach only the classification probe.
@@ -63,15 +63,19 @@ class Config:
     rounds: int = 3  # rounds of attention
     reach: float = 12.0  # pixels: the largest offset of a vote
     # learning, one value per level (level 0 draws pixels, level 1 draws level 0)
-    density: tuple[float, ...] = (0.1, 0.05)
+    density: tuple[float, ...] = (0.1, 0.02)
     lam: tuple[float, ...] = (0.03, 0.01)
     # levels above 0 draw the pixels too, beside the level below: a level that copies the
     # parts below draws them perfectly, the pixels less so (docs/glom.md, sixteenth session)
     pixels_above: bool = True
     # levels above 0: which pairs of votes the density counts. "across": only pairs in
     # different islands of the level below, so a level that copies those islands gains
-    # nothing and a whole must span several parts; "all": every pair
-    density_pairs: Literal["all", "across"] = "all"
+    # nothing and a whole must span several parts; "all": every pair (level 1 then copied
+    # the parts in 4 of 12 seed-and-ambiguity cells; docs/glom.md, seventeenth session)
+    density_pairs: Literal["all", "across"] = "across"
+    # levels above 0: the fraction of their steps over which the density's weight rises
+    # linearly from 0, so their drawing learns before the density pulls votes together
+    density_ramp: float = 0.0
     density_sigma: float = 2.0
     epochs: int = 4  # per level
     steps_per_epoch: int = 250
@@ -101,6 +105,7 @@ class Config:
         check(self.epochs >= 1 and self.steps_per_epoch >= 1 and self.batch_size >= 1
               and self.lr > 0, "epochs, steps_per_epoch, batch_size >= 1 and lr > 0", p)
         check(self.density_pairs in ("all", "across"), "density_pairs is all or across", p)
+        check(0 <= self.density_ramp <= 1, "density_ramp is a fraction in [0, 1]", p)
         check(len(self.cuts) > 0 and all(c > 0 for c in self.cuts), "cuts are pixels > 0", p)
         check(self.n_val >= 1 and self.n_test >= 1 and self.n_probe_train >= 8
               and self.probe_epochs >= 1,
@@ -308,7 +313,8 @@ def round_pictures(out_dir: Any, stem: str, test: Any, ids: dict[str, torch.Tens
 
 
 # keys with one value per level, and keys that shape only the levels above level 0
-PER_LEVEL_KEYS, ABOVE_KEYS = ("density", "lam"), ("density_pairs", "pixels_above")
+PER_LEVEL_KEYS = ("density", "lam")
+ABOVE_KEYS = ("density_pairs", "density_ramp", "pixels_above")
 
 
 def level_stage(run: Any, cfg: Config, amb: float, i: int) -> Any:
@@ -349,6 +355,8 @@ def train_levels(cfg: Config, run: Any, amb: float, k: int, levels: list[VoteLev
                                cfg.epochs * cfg.steps_per_epoch, stage, density=cfg.density[i],
                                density_sigma=cfg.density_sigma, lam=cfg.lam[i], lr=cfg.lr,
                                across=cfg.density_pairs == "across",
+                               ramp=round(cfg.density_ramp * cfg.epochs * cfg.steps_per_epoch)
+                               if i else 0,
                                log_every=cfg.steps_per_epoch, name=f"ambiguity {amb:g} level {i}",
                                progress=not run.quiet)
         ckpt.save(weights, {"level": lvl.state_dict()})
@@ -452,7 +460,7 @@ RECIPE = register(Recipe(
     config=Config,
     train=train,
     notes="paper_test_error_pct: a numpy eGLOM-lite's 99 % at ambiguity 0 (GLOM has none)",
-    # the first run (2026-12-07) drew the parts only; the runs before 2026-12-08 counted
-    # every pair of votes in the density
-    before={"pixels_above": False, "density_pairs": "all"},
+    # the first run (2026-12-07) drew the parts only; the runs before the seventeenth
+    # session (2026-12-07, 23:00 UTC) counted every pair of votes in the density
+    before={"pixels_above": False, "density_pairs": "all", "density_ramp": 0.0},
 ))

@@ -96,14 +96,22 @@ def level_loss(level: VoteLevel, below: VoteLevel | None, images: torch.Tensor,
     return {"loss": draw + density * dens, "draw": draw, "density": dens}
 
 
+def ramped(weight: float, step: int, ramp: int) -> float:
+    """`weight` scaled by (step + 1) / ramp for the first `ramp` steps (0-based `step`)."""
+    return weight * min(1.0, (step + 1) / ramp) if ramp > 0 else weight
+
+
 def train_level(level: VoteLevel, below: VoteLevel | None,
                 batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]], steps: int, run: Any,
                 *, density: float, density_sigma: float, lam: float, lr: float,
-                across: bool = False, log_every: int = 250, name: str = "level",
-                progress: bool = True) -> dict[str, float]:
+                across: bool = False, ramp: int = 0, log_every: int = 250,
+                name: str = "level", progress: bool = True) -> dict[str, float]:
     """Adam on `level` for `steps` steps of `batch(step) -> (images, fg)`; the mean loss terms
     logged and the level checkpointed every `log_every` steps, so a killed run resumes where
-    it stopped (`run.resume_state`). `below` is frozen."""
+    it stopped (`run.resume_state`). `below` is frozen. The density's weight rises linearly
+    from 0 over the first `ramp` steps, so the drawing learns before votes are pulled
+    together (with `across` and no ramp, touching objects can merge before the field can
+    draw them apart)."""
     if below is not None:
         below.requires_grad_(False).eval()
     opt = torch.optim.Adam(level.parameters(), lr)
@@ -117,7 +125,8 @@ def train_level(level: VoteLevel, below: VoteLevel | None,
     for step in bar:
         with run.timed():
             images, fg = batch(step)
-            terms = level_loss(level, below, images, fg, density, density_sigma, lam, across)
+            terms = level_loss(level, below, images, fg, ramped(density, step, ramp),
+                               density_sigma, lam, across)
             opt.zero_grad()
             terms["loss"].backward()
             opt.step()
