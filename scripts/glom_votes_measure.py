@@ -3,9 +3,13 @@ measures them (`glom_parts_votes.evaluate`), before the run itself has finished:
 a stopped or still-running run's first cells.
 
     python scripts/glom_votes_measure.py RUN_DIR AMBIGUITY [--out RECORDS.jsonl]
+        [--loss DENSITY PAIRS]
 
 Prints (and with --out appends) one JSON line: the run's config, then per level the part and
-object ARI, islands per image, classification and drawing loss.
+object ARI, islands per image, classification and drawing loss. With --loss, also the top
+level's training loss terms under density weight DENSITY and pairs PAIRS (all or across),
+averaged over 8 batches of 32 new training images (fixed seeds): how an objective scores
+levels trained under another.
 """
 
 from __future__ import annotations
@@ -16,8 +20,11 @@ from pathlib import Path
 
 import torch
 
+from mortal.arch.glom_votes import inked
+from mortal.data.parts import make_parts
 from mortal.recipes import glom_parts as gp
 from mortal.recipes import glom_parts_votes as recipe
+from mortal.rules import glom_votes as rule
 from mortal.runs import checkpoint as ckpt
 
 KEYS = ("part_ari_per_level", "object_ari_per_level", "object_islands_per_image",
@@ -29,6 +36,7 @@ def main() -> None:
     ap.add_argument("run", type=Path)
     ap.add_argument("ambiguity", type=float)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--loss", nargs=2, metavar=("DENSITY", "PAIRS"))
     a = ap.parse_args()
     torch.set_num_threads(1)
     saved = json.loads((a.run / "config.json").read_text())["config"]
@@ -47,6 +55,22 @@ def main() -> None:
     ev = recipe.evaluate(levels, cfg, a.ambiguity, seed, torch.device("cpu"))
     rec = {"run": str(a.run), "ambiguity": a.ambiguity, "config": saved,
            **{key: ev[key] for key in KEYS}}
+    if a.loss:
+        density, pairs = float(a.loss[0]), a.loss[1]
+        if pairs not in ("all", "across"):
+            raise SystemExit("--loss PAIRS is all or across")
+        sums: dict[str, float] = {}
+        with torch.no_grad():
+            for b in range(8):
+                batch = make_parts(32, 555_000 + b, a.ambiguity, layout=cfg.layout)
+                terms = rule.level_loss(levels[-1], levels[-2] if len(levels) > 1 else None,
+                                        batch.images, inked(batch.images), density,
+                                        cfg.density_sigma, cfg.lam[len(levels) - 1],
+                                        pairs == "across")
+                for key, v in terms.items():
+                    sums[key] = sums.get(key, 0.0) + float(v) / 8
+        rec["loss_under"] = {"weight": density, "pairs": pairs,
+                             **{key: round(v, 4) for key, v in sums.items()}}
     print(json.dumps(rec))
     if a.out:
         with open(a.out, "a") as f:

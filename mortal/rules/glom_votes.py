@@ -109,9 +109,8 @@ def train_level(level: VoteLevel, below: VoteLevel | None,
     """Adam on `level` for `steps` steps of `batch(step) -> (images, fg)`; the mean loss terms
     logged and the level checkpointed every `log_every` steps, so a killed run resumes where
     it stopped (`run.resume_state`). `below` is frozen. The density's weight rises linearly
-    from 0 over the first `ramp` steps, so the drawing learns before votes are pulled
-    together (with `across` and no ramp, touching objects can merge before the field can
-    draw them apart)."""
+    from 0 over the first `ramp` steps: meant to let the drawing learn before votes are
+    pulled together; measured worse with `across` (docs/glom.md, seventeenth session)."""
     if below is not None:
         below.requires_grad_(False).eval()
     opt = torch.optim.Adam(level.parameters(), lr)
