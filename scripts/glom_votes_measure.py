@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from mortal.arch.glom_votes import inked
+from mortal.config import build
 from mortal.data.parts import make_parts
 from mortal.recipes import glom_parts as gp
 from mortal.recipes import glom_parts_votes as recipe
@@ -40,7 +41,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(1)
     saved = json.loads((a.run / "config.json").read_text())["config"]
-    cfg = recipe.Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+    cfg = build(recipe.Config, saved)
     levels = recipe.make_levels(cfg)
     for i, level in enumerate(levels):
         path = a.run / "stages" / f"amb{a.ambiguity:g}-level{i}" / "level.safetensors"
